@@ -1,0 +1,212 @@
+"""The HF hook: ``custom_generate=hfspec.generate`` and the opt-in ``enable()`` patch.
+
+transformers 5.23 prepares the generation config, processors and stopping criteria, then
+calls a ``custom_generate`` callable with them; keyword arguments reach it only if its
+signature names them. It does NOT forward ``streamer``, ``tokenizer`` or ``assistant_model``
+to a callable, and ``stop_strings`` with a callable raises inside HF. ``enable()`` wraps
+``generate`` so those work too: it builds the stop-string criterion itself and binds the
+streamer into the callable. Everything is validated here, before the first forward pass.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any
+
+import torch
+from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, StoppingCriteriaList
+from transformers.generation import GenerationMixin, StopStringCriteria
+from transformers.generation.configuration_utils import GenerationMode
+from transformers.generation.utils import GENERATION_MODES_MAPPING
+
+from hfspec.engine import SpecStats, speculative_generate
+from hfspec.exceptions import ConfigurationError
+from hfspec.proposers.base import Strategy
+
+# Model kwargs transformers itself prepares for a decoder-only call; anything else is refused
+# rather than silently dropped.
+_KNOWN_MODEL_KWARGS = {"attention_mask", "position_ids", "use_cache", "logits_to_keep", "past_key_values"}
+_SPECULATIVE_MODES = {GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE}
+
+
+def generate(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    logits_processor: LogitsProcessorList | None = None,
+    stopping_criteria: StoppingCriteriaList | None = None,
+    generation_config: GenerationConfig | None = None,
+    synced_gpus: bool = False,
+    streamer: Any = None,
+    assistant_strategy: Strategy | None = None,
+    speculation_stats: SpecStats | None = None,
+    **model_kwargs: Any,
+):
+    """Decoding method for ``model.generate(..., custom_generate=hfspec.generate, assistant_strategy=...)``.
+
+    Without ``assistant_strategy`` it runs the method plain HF generate would have run.
+    ``speculation_stats`` (an ``hfspec.SpecStats``) is filled with acceptance counters.
+    """
+    generation_config = generation_config if generation_config is not None else model.generation_config
+    stopping_criteria = stopping_criteria if stopping_criteria is not None else StoppingCriteriaList()
+    streamer = streamer if streamer is not None else _streamer_from_hf_caller()
+    if assistant_strategy is None:
+        return _plain_hf(model, input_ids, logits_processor, stopping_criteria, generation_config, streamer, model_kwargs)
+    validate_call(model, input_ids, generation_config, assistant_strategy, model_kwargs, streamer)
+    return speculative_generate(
+        model,
+        input_ids,
+        model_kwargs.get("attention_mask"),
+        generation_config,
+        logits_processor,
+        stopping_criteria,
+        assistant_strategy,
+        streamer=streamer,
+        stats=speculation_stats,
+    )
+
+
+def validate_strategy(strategy: Any) -> None:
+    if not isinstance(strategy, Strategy) or isinstance(strategy, type):
+        raise ConfigurationError(
+            f"assistant_strategy must be an hfspec strategy instance such as hfspec.DraftModel(draft, num_tokens=5) "
+            f"or hfspec.PromptLookup(); got {strategy!r} of type {type(strategy).__name__}."
+        )
+
+
+def validate_call(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    generation_config: GenerationConfig,
+    strategy: Any,
+    model_kwargs: dict[str, Any],
+    streamer: Any,
+) -> None:
+    """Raise ConfigurationError for anything the speculative engine cannot honour exactly."""
+    validate_strategy(strategy)
+    if model.config.is_encoder_decoder:
+        raise ConfigurationError("hfspec speculative decoding supports decoder-only models only.")
+    if generation_config.num_beams > 1:
+        raise ConfigurationError(
+            f"assistant_strategy cannot be combined with beam search (num_beams={generation_config.num_beams}); "
+            "use num_beams=1, or drop assistant_strategy."
+        )
+    mode = generation_config.get_generation_mode()
+    if mode not in _SPECULATIVE_MODES:
+        raise ConfigurationError(
+            f"assistant_strategy supports greedy decoding and sampling; this call's settings select {mode.value}."
+        )
+    if generation_config.output_attentions or generation_config.output_hidden_states:
+        raise ConfigurationError(
+            "output_attentions / output_hidden_states are not available with assistant_strategy "
+            "(speculative steps compute several positions at once); output_scores is supported."
+        )
+    if generation_config.output_logits:
+        raise ConfigurationError("output_logits is not available with assistant_strategy; use output_scores.")
+    unknown = set(model_kwargs) - _KNOWN_MODEL_KWARGS
+    unknown = {k for k in unknown if model_kwargs[k] is not None}
+    if unknown:
+        raise ConfigurationError(
+            f"assistant_strategy does not support the model inputs {sorted(unknown)} (text-only decoder models); "
+            "remove them or drop assistant_strategy."
+        )
+    cache = model_kwargs.get("past_key_values")
+    if cache is not None and (type(cache).__name__ != "DynamicCache" or cache.get_seq_length() > 0):
+        raise ConfigurationError(
+            f"assistant_strategy manages its own KV cache; got past_key_values={type(cache).__name__} "
+            "(pre-filled or static caches are not supported yet: drop past_key_values / cache_implementation)."
+        )
+    if streamer is not None and input_ids.shape[0] > 1:
+        raise ConfigurationError(f"streamer= needs batch size 1 (as in HF); got batch size {input_ids.shape[0]}.")
+    strategy.validate(model, generation_config)
+
+
+def _plain_hf(model, input_ids, logits_processor, stopping_criteria, generation_config, streamer, model_kwargs):
+    """Exactly what HF generate would have run without a custom_generate callable."""
+    mode = generation_config.get_generation_mode()
+    method_name = GENERATION_MODES_MAPPING.get(mode, "")
+    if mode == GenerationMode.ASSISTED_GENERATION or not method_name.startswith("_"):
+        raise ConfigurationError(
+            f"custom_generate=hfspec.generate cannot run HF's {mode.value} (transformers does not forward "
+            "assistant_model to callables); use assistant_strategy=hfspec.DraftModel(...) or hfspec.PromptLookup()."
+        )
+    method = getattr(type(model), method_name)
+    return method(
+        model,
+        input_ids,
+        logits_processor=logits_processor if logits_processor is not None else LogitsProcessorList(),
+        stopping_criteria=stopping_criteria,
+        generation_config=generation_config,
+        synced_gpus=False,
+        streamer=streamer,
+        **model_kwargs,
+    )
+
+
+def _streamer_from_hf_caller() -> Any:
+    """transformers hands the streamer to built-in methods only; read it from its generate frame."""
+    frame = sys._getframe(1)
+    for _ in range(4):
+        frame = frame.f_back
+        if frame is None:
+            return None
+        if frame.f_code.co_name == "generate" and "custom_generate" in frame.f_locals:
+            return frame.f_locals.get("streamer")
+    return None
+
+
+# --------------------------------------------------------------------------- enable()/disable()
+_hf_generate = None
+
+
+def _generate_with_strategy(self, args, kwargs, strategy, stats):
+    validate_strategy(strategy)
+    if kwargs.get("custom_generate") is generate:
+        kwargs.pop("custom_generate")
+    if kwargs.get("custom_generate") is not None:
+        raise ConfigurationError("Pass either custom_generate= or assistant_strategy=, not both.")
+    if kwargs.get("assistant_model") is not None or kwargs.get("prompt_lookup_num_tokens") is not None:
+        raise ConfigurationError(
+            "assistant_strategy replaces HF's assistant_model= / prompt_lookup_num_tokens=; pass only one of them."
+        )
+    stop_strings = kwargs.pop("stop_strings", None)
+    tokenizer = kwargs.pop("tokenizer", None)
+    config = kwargs.get("generation_config") or self.generation_config
+    if getattr(config, "stop_strings", None):
+        raise ConfigurationError("Set stop_strings as a generate() argument, not in the generation config.")
+    if stop_strings:
+        if tokenizer is None:
+            raise ConfigurationError("stop_strings= needs tokenizer= in the same generate() call (as in HF).")
+        criteria = StoppingCriteriaList(kwargs.pop("stopping_criteria", None) or [])
+        criteria.append(StopStringCriteria(tokenizer=tokenizer, stop_strings=stop_strings))
+        kwargs["stopping_criteria"] = criteria
+    decode = functools.partial(
+        generate, assistant_strategy=strategy, speculation_stats=stats, streamer=kwargs.get("streamer")
+    )
+    return _hf_generate(self, *args, custom_generate=decode, **kwargs)
+
+
+def _patched_generate(self, *args, assistant_strategy=None, speculation_stats=None, **kwargs):
+    if assistant_strategy is None:
+        return _hf_generate(self, *args, **kwargs)
+    return _generate_with_strategy(self, args, kwargs, assistant_strategy, speculation_stats)
+
+
+def enable() -> None:
+    """Let every ``model.generate`` (and so pipelines) accept ``assistant_strategy=``. Idempotent."""
+    global _hf_generate
+    if _hf_generate is None:
+        _hf_generate = GenerationMixin.generate
+        GenerationMixin.generate = functools.wraps(_hf_generate)(_patched_generate)
+
+
+def disable() -> None:
+    """Undo ``enable()``; plain HF generate again. Idempotent."""
+    global _hf_generate
+    if _hf_generate is not None:
+        GenerationMixin.generate = _hf_generate
+        _hf_generate = None
+
+
+def is_enabled() -> bool:
+    return _hf_generate is not None

@@ -1,0 +1,217 @@
+"""THE decode loop, shared by every strategy: prefill, propose, verify, accept, commit, stop.
+
+Batch layout (why it looks like this: docs/design.md "Batching"). Rows accept different
+numbers of drafts per step. Instead of re-packing caches per row, every row keeps the same
+number of KV slots: after a step the target cache is cropped to the longest row's accepted
+length and the slots other rows rejected are *masked* (``slot_mask`` = 0) rather than removed.
+Position ids come from the mask's running sum, so each row sees exactly its own sequence.
+The draft model's cache follows the same slot layout, so one mask serves both models.
+
+State per call (never on the strategy object):
+  ids (B, T)        left-padded prompt + committed tokens; row i valid up to lengths[i]
+  slot_tokens/mask  token and validity of each target KV-cache slot
+  pending (B,)      the last committed token: committed, but not yet in any cache
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache, GenerationConfig, LogitsProcessorList, PreTrainedModel, StoppingCriteriaList
+from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+from hfspec import acceptance
+from hfspec.cache import crop_to
+from hfspec.engine_utils import position_ids
+from hfspec.processors import PrefixProcessor
+from hfspec.proposers.base import SessionContext, StepView, Strategy
+
+
+@dataclass
+class SpecStats:
+    """Counters of one or more speculative calls; pass one as ``speculation_stats=`` to read them."""
+
+    calls: int = 0
+    target_forwards: int = 0  # verify forwards, prefill included
+    drafted: int = 0  # draft tokens sent to verification (summed over rows)
+    accepted: int = 0  # of those, accepted
+    emitted: int = 0  # tokens committed (summed over rows)
+    row_steps: int = 0  # (row, verify step) pairs in which the row was still generating
+    per_step_emitted: list[int] = field(default_factory=list, repr=False)
+
+    @property
+    def tokens_per_step(self) -> float:
+        """tau: committed tokens per target forward per row."""
+        return self.emitted / max(self.row_steps, 1)
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / max(self.drafted, 1)
+
+
+def select(scores: torch.Tensor, do_sample: bool) -> torch.Tensor:
+    """Next token per row from processed scores (B, V)."""
+    if do_sample:
+        return torch.multinomial(torch.softmax(scores, dim=-1), 1).squeeze(1)
+    return scores.argmax(dim=-1)
+
+
+def forward(model: PreTrainedModel, tokens, mask, positions, cache, keep: int) -> torch.Tensor:
+    """One cached forward returning the last ``keep`` positions' logits (B, keep, V)."""
+    out = model(
+        input_ids=tokens,
+        attention_mask=mask,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=keep,
+    )
+    return out.logits[:, -keep:]
+
+
+class _Committer:
+    """Appends accepted tokens row by row, applies stopping criteria per token, streams."""
+
+    def __init__(self, ids, lengths, stopping: StoppingCriteriaList, streamer, record_scores: bool):
+        self.ids, self.lengths, self.stopping, self.streamer = ids, lengths, stopping, streamer
+        self.finished = torch.zeros(ids.shape[0], dtype=torch.bool)
+        self.scores: list[list[torch.Tensor]] | None = [[] for _ in range(ids.shape[0])] if record_scores else None
+
+    def commit(self, tokens: torch.Tensor, counts: torch.Tensor, scores: torch.Tensor | None) -> torch.Tensor:
+        """Commit tokens[i, :counts[i]] for unfinished rows; returns how many each row kept (B,)."""
+        kept = torch.zeros_like(counts)
+        for row in range(tokens.shape[0]):
+            if self.finished[row]:
+                continue
+            for j in range(int(counts[row])):
+                length = int(self.lengths[row])
+                if length >= self.ids.shape[1]:  # out of room: max_length reached without a criterion
+                    self.finished[row] = True
+                    break
+                self.ids[row, length] = tokens[row, j]
+                self.lengths[row] = length + 1
+                kept[row] += 1
+                if self.scores is not None:
+                    self.scores[row].append(scores[row, j])
+                if bool(self.stopping(self.ids[row : row + 1, : length + 1], None).any()):
+                    self.finished[row] = True
+                    break
+        if self.streamer is not None and int(kept[0]) > 0:
+            end = int(self.lengths[0])
+            self.streamer.put(self.ids[0:1, end - int(kept[0]) : end].cpu())
+        return kept
+
+    def stacked_scores(self) -> tuple[torch.Tensor, ...] | None:
+        """HF layout: one (B, V) tensor per generated position; finished rows get -inf."""
+        if self.scores is None:
+            return None
+        steps = max(len(s) for s in self.scores)
+        width = next(s[0] for s in self.scores if s).shape[-1]
+        fill = torch.full((width,), float("-inf"))
+        return tuple(
+            torch.stack([s[t] if t < len(s) else fill for s in self.scores]) for t in range(steps)
+        )
+
+
+def speculative_generate(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    generation_config: GenerationConfig,
+    logits_processor: LogitsProcessorList | None,
+    stopping_criteria: StoppingCriteriaList,
+    strategy: Strategy,
+    *,
+    streamer=None,
+    stats: SpecStats | None = None,
+) -> torch.Tensor | GenerateDecoderOnlyOutput:
+    """Run lossless speculative decoding; inputs are already validated by ``hfspec.api``."""
+    stats = stats if stats is not None else SpecStats()
+    stats.calls += 1
+    batch, prompt_len = input_ids.shape
+    device = input_ids.device
+    do_sample = bool(generation_config.do_sample)
+    max_length = int(generation_config.max_length)
+    pad = generation_config._pad_token_tensor
+    pad_id = int(pad) if pad is not None else 0
+    mask = attention_mask.long() if attention_mask is not None else torch.ones_like(input_ids)
+    processor = PrefixProcessor(logits_processor)
+    want_scores = bool(generation_config.return_dict_in_generate and generation_config.output_scores)
+
+    ids = torch.full((batch, max(max_length, prompt_len + 1)), pad_id, dtype=torch.long, device=device)
+    ids[:, :prompt_len] = input_ids
+    lengths = torch.full((batch,), prompt_len, dtype=torch.long)
+    starts = mask.argmax(dim=-1).cpu()
+    committer = _Committer(ids, lengths, stopping_criteria, streamer, want_scores)
+
+    # Prefill: the prompt goes into the cache, the first token is chosen as plain decoding would.
+    cache = DynamicCache(config=model.config)
+    logits = forward(model, input_ids, mask, position_ids(mask), cache, keep=1)
+    stats.target_forwards += 1
+    scores = processor(ids, lengths, ids[:, :0], logits)
+    first = select(scores[:, 0], do_sample)
+    kept = committer.commit(first[:, None], torch.ones(batch, dtype=torch.long), scores)
+    stats.emitted += int(kept.sum())
+    stats.row_steps += batch
+
+    slot_tokens, slot_mask, pending = input_ids, mask, first
+    session = strategy.start(
+        SessionContext(
+            target=model,
+            generation_config=generation_config,
+            processor=processor,
+            do_sample=do_sample,
+            vocab_size=scores.shape[-1],
+            batch_size=batch,
+        )
+    )
+    while not bool(committer.finished.all()):
+        active = ~committer.finished
+        max_drafts = torch.where(active, (max_length - lengths - 1).clamp_min(0), torch.zeros_like(lengths))
+        view = StepView(ids, lengths, starts, slot_tokens, slot_mask, pending, max_drafts)
+        proposal = session.propose(view)
+        num_drafts = torch.minimum(proposal.lengths.cpu(), max_drafts)
+        k = int(num_drafts.max()) if batch else 0
+        drafts = proposal.ids[:, :k].to(device)
+
+        tokens = torch.cat([pending[:, None], drafts], dim=1)
+        verify_mask = torch.cat([slot_mask, torch.ones_like(tokens)], dim=1)
+        positions = slot_mask.sum(-1, keepdim=True) + torch.arange(k + 1, device=device)
+        logits = forward(model, tokens, verify_mask, positions, cache, keep=k + 1)
+        scores = processor(ids, lengths, drafts, logits)
+        stats.target_forwards += 1
+
+        if do_sample:
+            draft_probs = proposal.probs[:, :k].to(scores.device) if proposal.probs is not None else None
+            probs = torch.softmax(scores, dim=-1)
+            n_acc, next_token = acceptance.speculative_accept(drafts, num_drafts, draft_probs, probs)
+        else:
+            n_acc, next_token = acceptance.greedy_accept(drafts, num_drafts, scores)
+
+        emitted = torch.cat([drafts, torch.zeros_like(next_token)[:, None]], dim=1)
+        emitted.scatter_(1, n_acc[:, None], next_token[:, None])
+        kept = committer.commit(emitted, (n_acc + 1).cpu(), scores)
+        stats.drafted += int(num_drafts[active].sum())
+        stats.accepted += int(n_acc.cpu()[active].sum())
+        stats.emitted += int(kept.sum())
+        stats.row_steps += int(active.sum())
+        stats.per_step_emitted.append(int(kept.sum()))
+
+        # Keep the longest row's accepted slots; mask what shorter rows rejected.
+        accepted = torch.where(active, n_acc.cpu(), torch.zeros_like(n_acc.cpu()))
+        longest = int(accepted.max())
+        kept_slots = slot_mask.shape[1] + 1 + longest
+        crop_to(cache, kept_slots)
+        new_valid = (torch.arange(longest + 1)[None, :] <= accepted[:, None]).long().to(device)
+        slot_mask = torch.cat([slot_mask, new_valid], dim=1)
+        slot_tokens = torch.cat([slot_tokens, tokens[:, : longest + 1]], dim=1)
+        pending = next_token
+        session.on_commit(kept_slots)
+
+    if streamer is not None:
+        streamer.end()
+    sequences = ids[:, : int(lengths.max())]
+    if not generation_config.return_dict_in_generate:
+        return sequences
+    return GenerateDecoderOnlyOutput(sequences=sequences, scores=committer.stacked_scores())

@@ -1,0 +1,63 @@
+"""Apply HF logits processors at speculative positions, each with its own exact prefix.
+
+HF processors are functions of ``(input_ids, scores)``. At verify position j of row i the
+prefix is the row's committed ids plus its first j drafts; rows have different lengths, so
+rows are grouped by prefix length and each group is one batched call. Processors known to
+ignore ``input_ids`` (temperature, top-k/p, ...) run once over every position at once.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import LogitsProcessorList
+from transformers.generation import logits_process as lp
+
+# Warpers whose output depends on the scores only, never on input_ids.
+_POSITION_FREE = tuple(
+    getattr(lp, name)
+    for name in (
+        "TemperatureLogitsWarper",
+        "TopKLogitsWarper",
+        "TopPLogitsWarper",
+        "TopHLogitsWarper",
+        "MinPLogitsWarper",
+        "TypicalLogitsWarper",
+        "EpsilonLogitsWarper",
+        "EtaLogitsWarper",
+    )
+    if hasattr(lp, name)
+)
+
+
+class PrefixProcessor:
+    """Runs one ``LogitsProcessorList`` over scores whose prefixes are given per row."""
+
+    def __init__(self, processors: LogitsProcessorList | None) -> None:
+        self.processors = processors if processors is not None else LogitsProcessorList()
+        self.position_free = all(isinstance(p, _POSITION_FREE) for p in self.processors)
+
+    def __call__(
+        self, ids: torch.Tensor, lengths: torch.Tensor, extra: torch.Tensor, scores: torch.Tensor
+    ) -> torch.Tensor:
+        """Process ``scores`` (B, n, V): position j of row i has prefix ids[i, :lengths[i]] + extra[i, :j].
+
+        ``extra`` is (B, >= n-1). Returns float32 scores (B, n, V); the input is not modified.
+        """
+        b, n, v = scores.shape
+        scores = scores.float()
+        if len(self.processors) == 0:
+            return scores
+        if self.position_free:
+            flat = self.processors(ids[:, :1].repeat_interleave(n, 0), scores.reshape(b * n, v))
+            return flat.reshape(b, n, v)
+        out = torch.empty_like(scores)
+        groups: dict[int, list[int]] = {}
+        for row, length in enumerate(lengths.tolist()):
+            groups.setdefault(length, []).append(row)
+        for length, rows in groups.items():
+            idx = torch.tensor(rows, device=ids.device)
+            base = ids[idx, :length]
+            for j in range(n):
+                prefix = torch.cat([base, extra[idx, :j]], dim=1)
+                out[idx, j] = self.processors(prefix, scores[idx, j].clone())
+        return out

@@ -1,0 +1,7 @@
+"""One module per way of proposing drafts; all speak the protocol in ``base``."""
+
+from hfspec.proposers.base import Proposal, ProposerSession, SessionContext, StepView, Strategy
+from hfspec.proposers.draft_model import DraftModel
+from hfspec.proposers.prompt_lookup import PromptLookup
+
+__all__ = ["DraftModel", "PromptLookup", "Proposal", "ProposerSession", "SessionContext", "StepView", "Strategy"]

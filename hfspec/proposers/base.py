@@ -1,0 +1,69 @@
+"""What every proposer is: a reusable strategy that opens a per-call session.
+
+A *strategy* (``DraftModel``, ``PromptLookup``) is configuration and can be reused across
+calls and target models. ``strategy.start(ctx)`` returns a *session* holding the per-call
+state (e.g. the draft model's KV cache). Each step the engine asks the session for a
+``Proposal`` and afterwards tells it how far the target cache was kept (``on_commit``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+from transformers import GenerationConfig, PreTrainedModel
+
+from hfspec.processors import PrefixProcessor
+
+
+@dataclass
+class Proposal:
+    """Drafts for one step. Rows use only their first ``lengths[i]`` columns."""
+
+    ids: torch.Tensor  # (B, k) long; padding columns hold any token id
+    lengths: torch.Tensor  # (B,) long, 0 <= lengths[i] <= k
+    probs: torch.Tensor | None = None  # (B, k, V_target) q each draft was sampled from; None = deterministic
+
+
+@dataclass
+class StepView:
+    """Read-only view of the engine's state that a proposer drafts from."""
+
+    ids: torch.Tensor  # (B, T) left-padded prompt followed by committed tokens (incl. pending)
+    lengths: torch.Tensor  # (B,) valid length of each row of ``ids``
+    starts: torch.Tensor  # (B,) index of each row's first non-pad prompt token
+    slot_tokens: torch.Tensor  # (B, S) token id at each target KV-cache slot (junk where masked)
+    slot_mask: torch.Tensor  # (B, S) 1 where the slot is part of the row's sequence
+    pending: torch.Tensor  # (B,) last committed token, not yet in any cache
+    max_drafts: torch.Tensor  # (B,) most drafts each row may take this step (0 for finished rows)
+
+
+@dataclass
+class SessionContext:
+    """Everything a session needs from the call, fixed for its lifetime."""
+
+    target: PreTrainedModel
+    generation_config: GenerationConfig
+    processor: PrefixProcessor
+    do_sample: bool
+    vocab_size: int  # target distribution width (lm-head width of the target)
+    batch_size: int
+
+
+@runtime_checkable
+class ProposerSession(Protocol):
+    def propose(self, view: StepView) -> Proposal: ...
+
+    def on_commit(self, kept_slots: int) -> None:
+        """The target cache now has ``kept_slots`` slots; drop anything of yours beyond that."""
+        ...
+
+
+@runtime_checkable
+class Strategy(Protocol):
+    def validate(self, target: PreTrainedModel, generation_config: GenerationConfig) -> None:
+        """Raise ConfigurationError before any model work if this strategy cannot serve the call."""
+        ...
+
+    def start(self, ctx: SessionContext) -> ProposerSession: ...

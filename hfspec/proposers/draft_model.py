@@ -1,0 +1,132 @@
+"""Draft-model proposer: a small LM sharing the target's vocabulary drafts k tokens.
+
+The draft's KV cache uses the engine's slot layout (see engine.py), so after each step it is
+cropped to the target's kept length and re-fed only the slots it has not seen yet.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache, GenerationConfig, PreTrainedModel
+
+from hfspec.cache import cache_length, crop_to
+from hfspec.engine_utils import fit_width, lm_head_width, position_ids
+from hfspec.exceptions import ConfigurationError, IncompatibleDraftError
+from hfspec.proposers.base import Proposal, SessionContext, StepView
+
+# Lm-head widths are often padded past the tokenizer (Qwen2.5: 151,936 vs 152,064); more
+# than this relative difference means a different vocabulary, not padding.
+_MAX_WIDTH_MISMATCH = 0.01
+
+
+class DraftModel:
+    """Speculate with a smaller model of the same vocabulary.
+
+    Args:
+        draft_model: any causal LM whose token ids mean the same as the target's.
+        num_tokens: drafts per step (>= 1).
+        do_sample: sample drafts from q (exact q kept for acceptance) or take argmax
+            (a deterministic proposal). Default: follow the target call's ``do_sample``.
+        confidence_threshold: stop drafting early in a step once every row's draft top
+            probability falls below this (0 disables). Cheap drafts that are unsure waste
+            a target verify position; on CPU verify cost grows with the number of drafts.
+    """
+
+    def __init__(
+        self,
+        draft_model: PreTrainedModel,
+        num_tokens: int = 5,
+        *,
+        do_sample: bool | None = None,
+        confidence_threshold: float = 0.0,
+    ) -> None:
+        if not isinstance(draft_model, PreTrainedModel):
+            raise ConfigurationError(
+                f"DraftModel expects a transformers PreTrainedModel, got {type(draft_model).__name__}."
+            )
+        if not isinstance(num_tokens, int) or num_tokens < 1:
+            raise ConfigurationError(f"DraftModel(num_tokens=...) must be an int >= 1, got {num_tokens!r}.")
+        if not 0.0 <= confidence_threshold < 1.0:
+            raise ConfigurationError(f"confidence_threshold must be in [0, 1), got {confidence_threshold!r}.")
+        self.draft_model = draft_model
+        self.num_tokens = num_tokens
+        self.do_sample = do_sample
+        self.confidence_threshold = confidence_threshold
+
+    def __repr__(self) -> str:
+        return f"DraftModel({type(self.draft_model).__name__}, num_tokens={self.num_tokens})"
+
+    def validate(self, target: PreTrainedModel, generation_config: GenerationConfig) -> None:
+        if self.draft_model.config.is_encoder_decoder:
+            raise ConfigurationError("DraftModel needs a decoder-only draft model.")
+        t_width, d_width = lm_head_width(target), lm_head_width(self.draft_model)
+        if abs(t_width - d_width) > _MAX_WIDTH_MISMATCH * max(t_width, d_width):
+            raise IncompatibleDraftError(
+                f"Draft vocabulary width {d_width} does not match the target's {t_width}: the draft must "
+                "use the target's tokenizer (widths may differ only by lm-head padding)."
+            )
+        for attr in ("eos_token_id", "bos_token_id"):
+            t_id = getattr(target.generation_config, attr, None)
+            d_id = getattr(self.draft_model.generation_config, attr, None)
+            if t_id is not None and d_id is not None and _as_set(t_id).isdisjoint(_as_set(d_id)):
+                raise IncompatibleDraftError(
+                    f"Draft {attr}={d_id} but target {attr}={t_id}: the models use different tokenizers."
+                )
+
+    def start(self, ctx: SessionContext) -> "_DraftSession":
+        return _DraftSession(self, ctx)
+
+
+def _as_set(value) -> set[int]:
+    return set(value) if isinstance(value, (list, tuple)) else {value}
+
+
+class _DraftSession:
+    def __init__(self, strategy: DraftModel, ctx: SessionContext) -> None:
+        self.model = strategy.draft_model
+        self.num_tokens = strategy.num_tokens
+        self.sample = ctx.do_sample if strategy.do_sample is None else strategy.do_sample
+        self.threshold = strategy.confidence_threshold
+        self.ctx = ctx
+        self.cache = DynamicCache(config=self.model.config)
+        self.device = self.model.device
+
+    def propose(self, view: StepView) -> Proposal:
+        batch = view.pending.shape[0]
+        k = min(self.num_tokens, int(view.max_drafts.max()))
+        if k == 0:
+            return Proposal(ids=view.pending.new_zeros((batch, 0)), lengths=view.max_drafts.clone())
+        seen = cache_length(self.cache)
+        tokens = torch.cat([view.slot_tokens[:, seen:], view.pending[:, None]], dim=1)
+        mask = torch.cat([view.slot_mask, torch.ones_like(view.pending)[:, None]], dim=1)
+        positions = position_ids(mask)[:, seen:]
+        drafts: list[torch.Tensor] = []
+        probs: list[torch.Tensor] = []
+        for j in range(k):
+            out = self.model(
+                input_ids=tokens.to(self.device),
+                attention_mask=mask.to(self.device),
+                position_ids=positions.to(self.device),
+                past_key_values=self.cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            logits = fit_width(out.logits[:, -1:].to(view.ids.device), self.ctx.vocab_size)
+            so_far = torch.stack(drafts, 1) if drafts else view.ids[:, :0]
+            scores = self.ctx.processor(view.ids, view.lengths, so_far, logits)[:, 0]
+            q = torch.softmax(scores, dim=-1) if (self.sample or self.threshold > 0) else None
+            token = torch.multinomial(q, 1).squeeze(1) if self.sample else scores.argmax(dim=-1)
+            drafts.append(token)
+            if self.sample:
+                probs.append(q)
+            if self.threshold > 0 and bool((q.max(dim=-1).values < self.threshold).all()):
+                break
+            tokens = token[:, None]
+            mask = torch.cat([mask, torch.ones_like(tokens)], dim=1)
+            positions = positions[:, -1:] + 1
+        ids = torch.stack(drafts, dim=1)
+        lengths = torch.full((batch,), ids.shape[1], dtype=torch.long).minimum(view.max_drafts)
+        return Proposal(ids=ids, lengths=lengths, probs=torch.stack(probs, dim=1) if probs else None)
+
+    def on_commit(self, kept_slots: int) -> None:
+        crop_to(self.cache, kept_slots)

@@ -1,0 +1,79 @@
+"""Tiny randomly initialised models for tests and for users checking hfspec on their setup.
+
+Built in-process (no hub). float64 by default so that a (k+1)-token verify forward and k+1
+one-token forwards agree to ~1e-15 and greedy identity tests cannot flake on near-ties.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+ARCHITECTURES = ("llama", "qwen2", "gpt2")
+
+
+def tiny_model(
+    arch: str = "llama",
+    *,
+    vocab_size: int = 64,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    eos_token_id: int | None = 1,
+    pad_token_id: int | None = 0,
+    logit_scale: float = 1.0,
+) -> PreTrainedModel:
+    """A deterministic tiny causal LM of the given architecture ("llama", "qwen2", "gpt2").
+
+    ``logit_scale`` multiplies the LM head so tests can make distributions peakier (random
+    tiny models are close to uniform otherwise).
+    """
+    common = dict(vocab_size=vocab_size, eos_token_id=eos_token_id, pad_token_id=pad_token_id, bos_token_id=None)
+    if arch == "llama":
+        config = LlamaConfig(
+            hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=num_layers,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, **common,
+        )
+        cls = LlamaForCausalLM
+    elif arch == "qwen2":
+        config = Qwen2Config(
+            hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=num_layers,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, **common,
+        )
+        cls = Qwen2ForCausalLM
+    elif arch == "gpt2":
+        config = GPT2Config(n_embd=hidden_size, n_layer=num_layers, n_head=4, n_positions=512, **common)
+        cls = GPT2LMHeadModel
+    else:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHITECTURES}")
+    torch.manual_seed(seed)
+    model = cls(config).to(dtype).eval()
+    if logit_scale != 1.0:
+        with torch.no_grad():
+            head = model.get_output_embeddings()
+            head.weight = torch.nn.Parameter(head.weight.detach().clone() * logit_scale)
+    model.generation_config.pad_token_id = pad_token_id
+    model.generation_config.eos_token_id = eos_token_id
+    model.generation_config.bos_token_id = None
+    return model
+
+
+def perturbed_copy(model: PreTrainedModel, scale: float = 0.05, seed: int = 1) -> PreTrainedModel:
+    """A draft that agrees with ``model`` often but not always: weights plus Gaussian noise."""
+    draft = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in draft.parameters():
+            param.add_(torch.randn(param.shape, generator=gen, dtype=param.dtype) * scale)
+    return draft

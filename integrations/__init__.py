@@ -1,0 +1,1 @@
+"""Adapters from hfspec to other systems (installed as ``hfspec.integrations``)."""
