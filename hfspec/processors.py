@@ -2,8 +2,10 @@
 
 HF processors are functions of ``(input_ids, scores)``. At verify position j of row i the
 prefix is the row's committed ids plus its first j drafts; rows have different lengths, so
-rows are grouped by prefix length and each group is one batched call. Processors known to
-ignore ``input_ids`` (temperature, top-k/p, ...) run once over every position at once.
+rows are grouped by prefix length. Processors may keep per-row state (HF's repetition
+penalty holds one prompt length per row), so every call passes all B rows in order; rows
+outside the group ride along with a truncated prefix and their output is discarded.
+Processors known to ignore ``input_ids`` (temperature, top-k/p, ...) run once for all positions.
 """
 
 from __future__ import annotations
@@ -56,8 +58,7 @@ class PrefixProcessor:
             groups.setdefault(length, []).append(row)
         for length, rows in groups.items():
             idx = torch.tensor(rows, device=ids.device)
-            base = ids[idx, :length]
             for j in range(n):
-                prefix = torch.cat([base, extra[idx, :j]], dim=1)
-                out[idx, j] = self.processors(prefix, scores[idx, j].clone())
+                prefix = torch.cat([ids[:, :length], extra[:, :j]], dim=1)
+                out[idx, j] = self.processors(prefix, scores[:, j].clone())[idx]
         return out
