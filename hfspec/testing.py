@@ -69,6 +69,24 @@ def tiny_model(
     return model
 
 
+def tiny_tokenizer(vocab_size: int = 64):
+    """A word-level tokenizer over the words "t0" … "t{V-2}" (pad "t0", eos "t1"), built offline.
+
+    Lets pipelines, stop_strings and streamers run against tiny models without a hub. The
+    last id is the word "abcdef": HF's StopStringCriteria tokenizes that probe string to
+    learn how tokens render.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"t{i}": i for i in range(vocab_size - 1)} | {"abcdef": vocab_size - 1}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="t2"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="t0", eos_token="t1", unk_token="t2")
+    tok.padding_side = "left"
+    return tok
+
+
 def perturbed_copy(model: PreTrainedModel, scale: float = 0.05, seed: int = 1) -> PreTrainedModel:
     """A draft that agrees with ``model`` often but not always: weights plus Gaussian noise."""
     draft = copy.deepcopy(model)

@@ -10,8 +10,6 @@ ignored, draft q reported before temperature) run through the same test and must
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 from scipy.stats import chisquare

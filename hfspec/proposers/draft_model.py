@@ -73,7 +73,7 @@ class DraftModel:
                     f"Draft {attr}={d_id} but target {attr}={t_id}: the models use different tokenizers."
                 )
 
-    def start(self, ctx: SessionContext) -> "_DraftSession":
+    def start(self, ctx: SessionContext) -> _DraftSession:
         return _DraftSession(self, ctx)
 
 
@@ -102,7 +102,7 @@ class _DraftSession:
         positions = position_ids(mask)[:, seen:]
         drafts: list[torch.Tensor] = []
         probs: list[torch.Tensor] = []
-        for j in range(k):
+        for _ in range(k):
             out = self.model(
                 input_ids=tokens.to(self.device),
                 attention_mask=mask.to(self.device),

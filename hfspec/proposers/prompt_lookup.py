@@ -53,7 +53,7 @@ class PromptLookup:
     def validate(self, target: PreTrainedModel, generation_config: GenerationConfig) -> None:
         """Model-free: works for any target."""
 
-    def start(self, ctx: SessionContext) -> "_LookupSession":
+    def start(self, ctx: SessionContext) -> _LookupSession:
         return _LookupSession(self)
 
 
