@@ -21,6 +21,9 @@ def _check_shapes(draft_ids: torch.Tensor, num_drafts: torch.Tensor, target: tor
     assert target.dim() == 3 and target.shape[:2] == (b, k + 1), (
         f"target must be (B={b}, k+1={k + 1}, V), got {tuple(target.shape)}"
     )
+    assert b == 0 or (int(num_drafts.min()) >= 0 and int(num_drafts.max()) <= k), (
+        f"num_drafts must lie in [0, k={k}], got {num_drafts.tolist()}"
+    )
 
 
 def _leading_true(accept: torch.Tensor, num_drafts: torch.Tensor) -> torch.Tensor:
@@ -48,7 +51,7 @@ def residual_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """norm(max(p - q, 0)) along the last axis; falls back to p where p == q (reject has prob 0 there)."""
     r = (p - q).clamp_min(0)
     total = r.sum(dim=-1, keepdim=True)
-    return torch.where(total > 0, r / total.clamp_min(torch.finfo(r.dtype).tiny), p)
+    return torch.where(total > 0, r / torch.where(total > 0, total, torch.ones_like(total)), p)
 
 
 def speculative_accept(

@@ -1,0 +1,1006 @@
+"""Benchmark hfspec against plain HF ``generate`` and HF's own speculative decoding.
+
+Why it is built this way (DESIGN.md section 7): speed claims are only comparable when every
+configuration runs in the same process, on the same prompts, after a warm-up, with the order
+of configurations rotated so none always profits from (or pays for) running first; medians
+across repetitions; and the baselines include HF's *own* speculative methods, not just plain
+decoding. Greedy outputs of every configuration must equal plain ``generate`` token for token,
+so each greedy run is checked. Results are written as JSON (every run) plus a markdown section.
+
+Configurations::
+
+    hf_plain          target.generate(...)
+    hf_assisted       target.generate(..., assistant_model=draft)   (K on the draft's generation_config)
+    hf_prompt_lookup  target.generate(..., prompt_lookup_num_tokens=K_lookup)
+    hfspec_draft      custom_generate=hfspec.generate, assistant_strategy=hfspec.DraftModel(draft, ...)
+    hfspec_lookup     custom_generate=hfspec.generate, assistant_strategy=hfspec.PromptLookup(...)
+
+tau = new tokens / target forward calls (counted by a forward hook, prefill included), so
+plain decoding reads ~1 and it is comparable across HF and hfspec.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import datetime
+import json
+import math
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import transformers
+from transformers import GenerationConfig, PreTrainedModel
+
+import hfspec
+
+CONFIGS = ("hf_plain", "hf_assisted", "hf_prompt_lookup", "hfspec_draft", "hfspec_lookup")
+HF_SPECULATIVE = ("hf_assisted", "hf_prompt_lookup")
+HFSPEC_CONFIGS = ("hfspec_draft", "hfspec_lookup")
+MODES = ("greedy", "sample")
+SCHEMA = "hfspec-bench/1"
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY_PROMPTS = ("code", "json", "edit")
+_SECTION_BEGIN = "<!-- hfspec-bench:begin {key} -->"
+_SECTION_END = "<!-- hfspec-bench:end {key} -->"
+MARKDOWN_INTRO = """# hfspec benchmarks
+
+Produced by `hfspec bench` ([hfspec/bench.py](hfspec/bench.py)). Method: one process; a warm-up
+run of every configuration first; then every configuration on the same prompts, alternating, with
+the order rotated per repetition; medians across repetitions. tau = new tokens / target forward
+calls (counted with a forward hook, prefill included; plain decoding gives ~1). Every greedy output
+is checked token for token against plain `generate` on the same prompt. Sampling uses
+temperature 0.7 with top-k/top-p off and a fixed seed per (prompt, repetition).
+
+To reproduce a section: `pip install -e ".[bench]"` and run the command it shows from the repository
+root (prompts: [benchmarks/prompts.json](benchmarks/prompts.json); every run: the linked JSON). To
+re-render a section from its JSON: `hfspec render benchmarks/results/NAME.json`.
+"""
+
+
+# --------------------------------------------------------------------------- settings and inputs
+@dataclass
+class BenchSettings:
+    """Everything that decides what is run; recorded verbatim in the results."""
+
+    tiny: bool = False
+    max_new_tokens: int = 64
+    repeats: int = 1
+    modes: tuple[str, ...] = MODES
+    configs: tuple[str, ...] = CONFIGS
+    prompts: tuple[str, ...] | None = None  # None = all prompts
+    prompts_file: str | None = None
+    temperature: float = 0.7
+    seed: int = 0
+    warmup_tokens: int = 8
+    threads: int = 1
+    draft_tokens: int = 5  # hfspec DraftModel(num_tokens) and HF num_assistant_tokens
+    draft_do_sample: bool | None = None  # DraftModel(do_sample=...); None follows the call
+    confidence_threshold: float = 0.0  # DraftModel(confidence_threshold=...)
+    lookup_tokens: int = 10  # hfspec PromptLookup(num_tokens) and HF prompt_lookup_num_tokens
+    lookup_max_ngram: int = 3
+    lookup_min_ngram: int = 1
+    progress: bool = True
+
+
+@dataclass
+class Prompt:
+    name: str
+    input_ids: torch.Tensor  # (1, T) long
+    kind: str
+    text: str | None = None  # chat-formatted prompt; None in --tiny (token ids only)
+
+
+@dataclass
+class Workload:
+    """Models, tokenizer and tokenized prompts: what the runs share."""
+
+    target: PreTrainedModel
+    draft: PreTrainedModel
+    tokenizer: Any | None
+    prompts: list[Prompt]
+    eos_token_ids: list[int]
+    pad_token_id: int
+    models: dict[str, Any]  # description for the results file
+
+
+@dataclass
+class RunRecord:
+    """One timed generate() call."""
+
+    mode: str
+    prompt: str
+    config: str
+    repeat: int
+    seed: int
+    max_new_tokens: int
+    wall_s: float
+    new_tokens: int  # generated tokens up to and including the first EOS
+    tokens_per_s: float
+    target_forwards: int  # forward-hook count on the target, prefill included
+    tau: float  # new_tokens / target_forwards
+    output_ids: list[int]  # the new tokens counted above
+    spec: dict[str, Any] | None = None  # hfspec SpecStats for hfspec_* configs
+    identical: bool | None = None  # greedy only: equal to hf_plain's output on the prompt
+    first_mismatch: int | None = None  # index of the first differing new token, if any
+
+
+def default_prompts_file() -> pathlib.Path:
+    return REPO_ROOT / "benchmarks" / "prompts.json"
+
+
+def load_prompt_specs(path: str | os.PathLike | None) -> list[dict[str, Any]]:
+    """Read benchmarks/prompts.json: a list of {name, kind, messages}."""
+    path = pathlib.Path(path) if path else default_prompts_file()
+    if not path.is_file():
+        raise hfspec.ConfigurationError(
+            f"prompts file {path} not found; run from a source checkout of hfspec or pass --prompts-file."
+        )
+    specs = json.loads(path.read_text())["prompts"]
+    names = [s["name"] for s in specs]
+    if len(set(names)) != len(names):
+        raise hfspec.ConfigurationError(f"duplicate prompt names in {path}: {names}")
+    return specs
+
+
+def select_by_name(available: Sequence[str], wanted: Sequence[str] | None) -> list[str]:
+    """Validate requested prompt names (before any model is loaded, so typos fail fast)."""
+    if not wanted:
+        return list(available)
+    unknown = [w for w in wanted if w not in available]
+    if unknown:
+        raise hfspec.ConfigurationError(f"unknown prompt(s) {unknown}; available: {list(available)}")
+    return list(wanted)
+
+
+# --------------------------------------------------------------------------- workloads
+def tiny_workload(settings: BenchSettings) -> Workload:
+    """Tiny random target + perturbed draft and token-id prompts: the whole pipeline in seconds."""
+    from hfspec.testing import perturbed_copy, tiny_model
+
+    # logit_scale 20: peaky enough that sampled runs accept some drafts (scale 1-4 is near uniform).
+    target = tiny_model("llama", vocab_size=64, hidden_size=32, num_layers=2, seed=0, logit_scale=20.0)
+    draft = perturbed_copy(target, scale=0.01, seed=1)
+    prompts = [
+        Prompt(name, torch.tensor([ids]), kind=f"tiny token ids ({name})")
+        for name, ids in _tiny_prompt_ids().items()
+        if name in select_by_name(TINY_PROMPTS, settings.prompts)
+    ]
+    return Workload(
+        target=target,
+        draft=draft,
+        tokenizer=None,
+        prompts=prompts,
+        eos_token_ids=[1],
+        pad_token_id=0,
+        models={
+            "target": describe_model(target, "tiny llama"),
+            "draft": describe_model(draft, "perturbed copy"),
+        },
+    )
+
+
+def _tiny_prompt_ids() -> dict[str, list[int]]:
+    """Deterministic prompts over ids 2..63 (0 = pad, 1 = EOS); "edit" repeats itself to be copy-heavy."""
+    gen = torch.Generator().manual_seed(1234)
+    code = torch.randint(2, 64, (24,), generator=gen).tolist()
+    record = torch.randint(2, 64, (6,), generator=gen).tolist()
+    json_like = [3, *record, 4, *record[:3], 5, *record[3:], 4, 6]
+    body = torch.randint(2, 64, (16,), generator=gen).tolist()
+    edit = [*body, 7, *body, 7, *body[:8]]
+    return {"code": code, "json": json_like, "edit": edit}
+
+
+def real_workload(settings: BenchSettings) -> Workload:
+    """The packaged Qwen2.5-Coder pair (1.5B target, 0.5B draft), prompts in the chat template."""
+    specs = load_prompt_specs(settings.prompts_file)
+    names = select_by_name([s["name"] for s in specs], settings.prompts)
+    from hfspec import models  # lazy: needs gguf/accelerate and minutes of loading
+
+    target, draft, tokenizer = models.load_pair(progress=settings.progress)
+    prompts = [chat_prompt(tokenizer, s) for s in specs if s["name"] in names]
+    return Workload(
+        target=target,
+        draft=draft,
+        tokenizer=tokenizer,
+        prompts=prompts,
+        eos_token_ids=stop_token_ids(tokenizer, target),
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        models={
+            "target": describe_model(target, models.TARGET),
+            "draft": describe_model(draft, models.DRAFT),
+        },
+    )
+
+
+def chat_prompt(tokenizer: Any, spec: dict[str, Any]) -> Prompt:
+    """Format with the chat template as text, then tokenize without adding special tokens twice."""
+    text = tokenizer.apply_chat_template(spec["messages"], add_generation_prompt=True, tokenize=False)
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    return Prompt(spec["name"], ids, kind=spec.get("kind", ""), text=text)
+
+
+def stop_token_ids(tokenizer: Any, model: PreTrainedModel) -> list[int]:
+    """EOS ids of the model config and tokenizer, plus the chat end-of-turn token if the vocab has one.
+
+    Instruct models end a turn with ``<|im_end|>``; the GGUF-loaded Qwen config lists only that one,
+    and without the chat tokens generation would run on past the answer, timing text nobody asked for.
+    """
+    ids: list[int] = []
+    config_eos = model.generation_config.eos_token_id
+    ids += config_eos if isinstance(config_eos, list) else [config_eos] if config_eos is not None else []
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    for token in ("<|im_end|>", "<|endoftext|>"):  # Qwen's own generation_config stops on both
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
+            ids.append(token_id)
+    return sorted(set(ids))
+
+
+def describe_model(model: PreTrainedModel, name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "class": type(model).__name__,
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "generation_config": model.generation_config.to_diff_dict(),
+    }
+
+
+# --------------------------------------------------------------------------- one run
+class ForwardCounter:
+    """Counts the target's forward calls. HF configs expose no stats, so a hook gives tau for all alike."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.count = 0
+        self._handle = model.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output) -> None:
+        self.count += 1
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+def build_strategies(settings: BenchSettings, workload: Workload) -> dict[str, Any]:
+    """hfspec strategies are reusable configuration, so one instance per config serves every run."""
+    return {
+        "hfspec_draft": hfspec.DraftModel(
+            workload.draft,
+            num_tokens=settings.draft_tokens,
+            do_sample=settings.draft_do_sample,
+            confidence_threshold=settings.confidence_threshold,
+        ),
+        "hfspec_lookup": hfspec.PromptLookup(
+            num_tokens=settings.lookup_tokens,
+            max_ngram=settings.lookup_max_ngram,
+            min_ngram=settings.lookup_min_ngram,
+        ),
+    }
+
+
+def generation_kwargs(mode: str, settings: BenchSettings, workload: Workload, max_new_tokens: int) -> dict:
+    """Sampling is pure temperature: HF fills unset top_k with 50, so top_k=0 (and top_p=1.0) turn it off."""
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "eos_token_id": workload.eos_token_ids,
+        "pad_token_id": workload.pad_token_id,
+    }
+    if mode == "greedy":
+        return {**kwargs, "do_sample": False}
+    return {**kwargs, "do_sample": True, "temperature": settings.temperature, "top_k": 0, "top_p": 1.0}
+
+
+@contextlib.contextmanager
+def assistant_length(draft: PreTrainedModel, num_tokens: int) -> Iterator[None]:
+    """HF reads the draft length from the ASSISTANT's generation_config, not the call; set it, then restore."""
+    saved = copy.deepcopy(draft.generation_config)
+    draft.generation_config.num_assistant_tokens = num_tokens
+    draft.generation_config.num_assistant_tokens_schedule = "constant"
+    try:
+        yield
+    finally:
+        draft.generation_config = saved
+
+
+def config_kwargs(
+    config: str,
+    workload: Workload,
+    strategies: dict[str, Any],
+    settings: BenchSettings,
+    stats: hfspec.SpecStats,
+) -> dict[str, Any]:
+    """The generate() arguments that select ``config``."""
+    if config == "hf_plain":
+        return {}
+    if config == "hf_assisted":
+        return {"assistant_model": workload.draft}
+    if config == "hf_prompt_lookup":
+        return {"prompt_lookup_num_tokens": settings.lookup_tokens}
+    if config in HFSPEC_CONFIGS:
+        return {
+            "custom_generate": hfspec.generate,
+            "assistant_strategy": strategies[config],
+            "speculation_stats": stats,
+        }
+    raise hfspec.ConfigurationError(f"unknown config {config!r}; choose from {CONFIGS}")
+
+
+def count_new_tokens(new_ids: torch.Tensor, eos_token_ids: Sequence[int]) -> int:
+    """Tokens up to and including the first EOS (all of them if there is none)."""
+    is_eos = torch.isin(new_ids, torch.tensor(list(eos_token_ids), dtype=new_ids.dtype))
+    hits = is_eos.nonzero()
+    return int(hits[0, 0]) + 1 if hits.numel() else int(new_ids.numel())
+
+
+class Runner:
+    """Times generate() calls on one workload; owns the target's forward hook and the hfspec strategies.
+
+    Use as a context manager so the hook is removed from the (caller's) target afterwards.
+    """
+
+    def __init__(self, workload: Workload, settings: BenchSettings) -> None:
+        self.workload, self.settings = workload, settings
+        self.strategies = build_strategies(settings, workload)
+        self.counter = ForwardCounter(workload.target)
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.counter.remove()
+
+    def run(
+        self, prompt: Prompt, config: str, mode: str, *, repeat: int, seed: int, max_new_tokens: int
+    ) -> RunRecord:
+        """Seed, time one generate() call, and measure what it produced."""
+        workload, stats = self.workload, hfspec.SpecStats()
+        kwargs = {
+            **generation_kwargs(mode, self.settings, workload, max_new_tokens),
+            **config_kwargs(config, workload, self.strategies, self.settings, stats),
+        }
+        inputs = {"input_ids": prompt.input_ids, "attention_mask": torch.ones_like(prompt.input_ids)}
+        with self._config_guard(config):
+            torch.manual_seed(seed)
+            self.counter.count = 0
+            start = time.perf_counter()
+            out = workload.target.generate(**inputs, **kwargs)
+            wall = time.perf_counter() - start
+        new_ids = out[0, prompt.input_ids.shape[1] :]
+        n_new = count_new_tokens(new_ids, workload.eos_token_ids)
+        forwards = self.counter.count
+        return RunRecord(
+            mode=mode,
+            prompt=prompt.name,
+            config=config,
+            repeat=repeat,
+            seed=seed,
+            max_new_tokens=max_new_tokens,
+            wall_s=wall,
+            new_tokens=n_new,
+            tokens_per_s=n_new / wall if wall > 0 else float("nan"),
+            target_forwards=forwards,
+            tau=n_new / forwards if forwards else float("nan"),
+            output_ids=new_ids[:n_new].tolist(),
+            spec=spec_summary(stats) if config in HFSPEC_CONFIGS else None,
+        )
+
+    def _config_guard(self, config: str) -> contextlib.AbstractContextManager:
+        if config == "hf_assisted":
+            return assistant_length(self.workload.draft, self.settings.draft_tokens)
+        return contextlib.nullcontext()
+
+
+def spec_summary(stats: hfspec.SpecStats) -> dict[str, Any]:
+    return {
+        "tokens_per_step": stats.tokens_per_step,
+        "acceptance_rate": stats.acceptance_rate,
+        "target_forwards": stats.target_forwards,
+        "drafted": stats.drafted,
+        "accepted": stats.accepted,
+        "emitted": stats.emitted,
+    }
+
+
+# --------------------------------------------------------------------------- the schedule
+def run_seed(settings: BenchSettings, prompt_index: int, repeat: int) -> int:
+    """Fixed per (prompt, repetition) and shared by all configs, so sampled runs see the same seed."""
+    return settings.seed + 1000 * prompt_index + repeat
+
+
+def rotated(configs: Sequence[str], offset: int) -> list[str]:
+    offset %= len(configs)
+    return [*configs[offset:], *configs[:offset]]
+
+
+def schedule(settings: BenchSettings, prompts: Sequence[Prompt]) -> list[tuple[str, int, int, str]]:
+    """(mode, prompt index, repeat, config) in run order: configs alternate within a group.
+
+    The order is rotated by one per repetition of the same (mode, prompt), so over repetitions
+    every config runs first equally often, and shifted between consecutive groups too.
+    """
+    plan = []
+    for repeat in range(settings.repeats):
+        for m, mode in enumerate(settings.modes):
+            for index in range(len(prompts)):
+                offset = repeat + m * len(prompts) + index
+                plan += [(mode, index, repeat, config) for config in rotated(settings.configs, offset)]
+    return plan
+
+
+def benchmark(
+    settings: BenchSettings, workload: Workload, progress: Any = None
+) -> tuple[list[RunRecord], list[RunRecord]]:
+    """Warm up every (mode, config), then run the schedule. Returns (warmup runs, timed runs)."""
+
+    def tick(label: str) -> None:
+        if progress is not None:
+            progress.set_postfix_str(label)
+            progress.update(1)
+
+    warmups, runs = [], []
+    with Runner(workload, settings) as runner:
+        for mode in settings.modes:
+            for config in settings.configs:
+                first = workload.prompts[0]
+                warmups.append(
+                    runner.run(
+                        first,
+                        config,
+                        mode,
+                        repeat=-1,
+                        seed=settings.seed,
+                        max_new_tokens=settings.warmup_tokens,
+                    )
+                )
+                tick(f"warm-up {mode} {config}")
+        for mode, index, repeat, config in schedule(settings, workload.prompts):
+            prompt, seed = workload.prompts[index], run_seed(settings, index, repeat)
+            runs.append(
+                runner.run(
+                    prompt, config, mode, repeat=repeat, seed=seed, max_new_tokens=settings.max_new_tokens
+                )
+            )
+            tick(f"{mode} {prompt.name} {config} #{repeat}")
+    mark_identity(runs)
+    return warmups, runs
+
+
+def mark_identity(runs: list[RunRecord]) -> None:
+    """Greedy runs must equal hf_plain's output on the same prompt (same repetition; hf_plain vs its first)."""
+    plain = {(r.prompt, r.repeat): r for r in runs if r.mode == "greedy" and r.config == "hf_plain"}
+    first_plain = {}
+    for r in sorted(plain.values(), key=lambda r: r.repeat):
+        first_plain.setdefault(r.prompt, r)
+    for run in runs:
+        if run.mode != "greedy":
+            continue
+        ref = first_plain.get(run.prompt) if run.config == "hf_plain" else plain.get((run.prompt, run.repeat))
+        if ref is None:
+            continue
+        run.identical = run.output_ids == ref.output_ids
+        run.first_mismatch = None if run.identical else first_difference(run.output_ids, ref.output_ids)
+
+
+def first_difference(a: Sequence[int], b: Sequence[int]) -> int:
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return i
+    return min(len(a), len(b))
+
+
+# --------------------------------------------------------------------------- summaries
+def summarize(runs: Sequence[RunRecord]) -> list[dict[str, Any]]:
+    """Median per (mode, prompt, config) and speedups against hf_plain and the best HF speculative config."""
+    groups: dict[tuple[str, str, str], list[RunRecord]] = {}
+    for run in runs:
+        groups.setdefault((run.mode, run.prompt, run.config), []).append(run)
+    prompt_order = {name: i for i, name in enumerate(dict.fromkeys(r.prompt for r in runs))}
+    ordered = sorted(groups, key=lambda k: (_index(MODES, k[0]), prompt_order[k[1]], _index(CONFIGS, k[2])))
+    rows = [_summary_row(key, groups[key]) for key in ordered]
+    by_key = {(r["mode"], r["prompt"], r["config"]): r for r in rows}
+    for row in rows:
+        plain = by_key.get((row["mode"], row["prompt"], "hf_plain"))
+        hf_best = [
+            by_key[k]["tokens_per_s"]
+            for c in HF_SPECULATIVE
+            if (k := (row["mode"], row["prompt"], c)) in by_key
+        ]
+        row["speedup_vs_plain"] = _ratio(row["tokens_per_s"], plain["tokens_per_s"] if plain else None)
+        row["speedup_vs_best_hf"] = _ratio(row["tokens_per_s"], max(hf_best) if hf_best else None)
+    return rows
+
+
+def _index(options: Sequence[str], value: str) -> int:
+    return options.index(value) if value in options else len(options)
+
+
+def _summary_row(key: tuple[str, str, str], group: Sequence[RunRecord]) -> dict[str, Any]:
+    mode, prompt, config = key
+    identical = [r.identical for r in group if r.identical is not None]
+    specs = [r.spec for r in group if r.spec is not None]
+    return {
+        "mode": mode,
+        "prompt": prompt,
+        "config": config,
+        "runs": len(group),
+        "tokens_per_s": statistics.median(r.tokens_per_s for r in group),
+        "wall_s": statistics.median(r.wall_s for r in group),
+        "new_tokens": statistics.median(r.new_tokens for r in group),
+        "tau": statistics.median(r.tau for r in group),
+        "spec_tokens_per_step": statistics.median(s["tokens_per_step"] for s in specs) if specs else None,
+        "acceptance_rate": statistics.median(s["acceptance_rate"] for s in specs) if specs else None,
+        "identical": all(identical) if identical else None,
+    }
+
+
+def _ratio(value: float, reference: float | None) -> float | None:
+    return value / reference if reference else None
+
+
+def geomean_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Geometric mean over prompts per (mode, config): the fair average of ratios."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["mode"], row["config"]), []).append(row)
+    out = []
+    for mode, config in sorted(groups, key=lambda k: (_index(MODES, k[0]), _index(CONFIGS, k[1]))):
+        group = groups[(mode, config)]
+        identical = [r["identical"] for r in group if r["identical"] is not None]
+        out.append(
+            {
+                "mode": mode,
+                "config": config,
+                "prompts": len(group),
+                "tokens_per_s": geomean(r["tokens_per_s"] for r in group),
+                "tau": geomean(r["tau"] for r in group),
+                "speedup_vs_plain": geomean(r["speedup_vs_plain"] for r in group),
+                "speedup_vs_best_hf": geomean(r["speedup_vs_best_hf"] for r in group),
+                "identical": all(identical) if identical else None,
+            }
+        )
+    return out
+
+
+def geomean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    if not values or any(not v > 0 for v in values):
+        return None
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+# --------------------------------------------------------------------------- results file
+def load_average() -> list[float] | None:
+    """1/5/15-minute load: a shared machine's contention, recorded next to the timings it distorts."""
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpus_available": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "torch_threads": torch.get_num_threads(),
+        "threads_requested": threads,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "hfspec": hfspec.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git": _git_revision(),
+    }
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def _git_revision() -> str | None:
+    """Commit of the checkout the numbers came from (+ '-dirty' when it had local changes)."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def strategy_settings(settings: BenchSettings, workload: Workload) -> dict[str, Any]:
+    """What each speculative config actually ran with, HF defaults included, so the comparison is auditable."""
+    defaults = GenerationConfig._get_default_generation_params()
+    draft_config = workload.draft.generation_config
+    threshold = draft_config.assistant_confidence_threshold
+    return {
+        "hf_assisted": {
+            "num_assistant_tokens": settings.draft_tokens,
+            "num_assistant_tokens_schedule": "constant",
+            "assistant_confidence_threshold": threshold
+            if threshold is not None
+            else defaults["assistant_confidence_threshold"],
+            "threshold_adaptation_active": _sklearn_available(),  # HF tunes the threshold only with sklearn
+        },
+        "hf_prompt_lookup": {
+            "prompt_lookup_num_tokens": settings.lookup_tokens,
+            "max_matching_ngram_size": workload.target.generation_config.max_matching_ngram_size or 2,
+        },
+        "hfspec_draft": {
+            "class": "DraftModel",
+            "num_tokens": settings.draft_tokens,
+            "do_sample": settings.draft_do_sample,
+            "confidence_threshold": settings.confidence_threshold,
+        },
+        "hfspec_lookup": {
+            "class": "PromptLookup",
+            "num_tokens": settings.lookup_tokens,
+            "max_ngram": settings.lookup_max_ngram,
+            "min_ngram": settings.lookup_min_ngram,
+        },
+    }
+
+
+def _sklearn_available() -> bool:
+    from transformers.utils import is_sklearn_available
+
+    return bool(is_sklearn_available())
+
+
+def build_results(
+    name: str,
+    command: str,
+    settings: BenchSettings,
+    workload: Workload,
+    warmups: Sequence[RunRecord],
+    runs: Sequence[RunRecord],
+    load: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    rows = summarize(runs)
+    greedy = [r.identical for r in runs if r.identical is not None]
+    return {
+        "schema": SCHEMA,
+        "name": name,
+        "command": command,
+        "machine": {**machine_info(settings.threads), "load_average": load or {"end": load_average()}},
+        "settings": dataclasses.asdict(settings),
+        "strategies": {
+            c: s for c, s in strategy_settings(settings, workload).items() if c in settings.configs
+        },
+        "generation": {
+            m: _jsonable(generation_kwargs(m, settings, workload, settings.max_new_tokens))
+            for m in settings.modes
+        },
+        "models": _jsonable(workload.models),
+        "prompts": {
+            p.name: {
+                "kind": p.kind,
+                "num_tokens": int(p.input_ids.shape[1]),
+                "text": p.text,
+                "input_ids": None if p.text else p.input_ids[0].tolist(),
+            }
+            for p in workload.prompts
+        },
+        "all_greedy_identical": all(greedy) if greedy else None,
+        "summary": rows,
+        "geomean": geomean_rows(rows),
+        "outputs": sample_texts(runs, workload),
+        "warmup": [dataclasses.asdict(r) for r in warmups],
+        "runs": [dataclasses.asdict(r) for r in runs],
+    }
+
+
+def sample_texts(runs: Sequence[RunRecord], workload: Workload) -> dict[str, str]:
+    """Decoded text of repetition 0 per (mode, prompt, config), for reading what was timed."""
+    if workload.tokenizer is None:
+        return {}
+    return {
+        f"{r.mode}/{r.prompt}/{r.config}": workload.tokenizer.decode(r.output_ids)
+        for r in runs
+        if r.repeat == 0
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def write_results(results: dict[str, Any], path: str | os.PathLike) -> pathlib.Path:
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1, allow_nan=True) + "\n")
+    return path
+
+
+def greedy_mismatches(results: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in results["runs"] if r["identical"] is False]
+
+
+# --------------------------------------------------------------------------- markdown
+def section_key(results_path: str | os.PathLike, markdown_path: str | os.PathLike) -> str:
+    """The results file's path relative to the markdown file (absolute if elsewhere): one section per file."""
+    results_path = pathlib.Path(results_path).resolve()
+    with contextlib.suppress(ValueError):
+        return results_path.relative_to(pathlib.Path(markdown_path).resolve().parent).as_posix()
+    return results_path.as_posix()
+
+
+def render_section(results: dict[str, Any], key: str) -> str:
+    """One markdown section: command, machine, settings, geomean table, per-prompt table."""
+    m, s = results["machine"], results["settings"]
+    models = results["models"]
+    lines = [
+        _SECTION_BEGIN.format(key=key),
+        f"## {results['name']}",
+        "",
+        f"Command: `{results['command']}`",
+        "",
+        f"- Date {m['date']}, hfspec {m['hfspec']} (git {m['git'] or 'unknown'}), torch {m['torch']}, "
+        f"transformers {m['transformers']}, Python {m['python']}",
+        f"- CPU: {m['cpu_model']}, {m['cpus_available']} cores available, torch threads {m['torch_threads']}, "
+        f"load average (1/5/15 min) {_load_text(m.get('load_average'))}",
+        f"- Target {models['target']['name']} ({models['target']['dtype']}), "
+        f"draft {models['draft']['name']} ({models['draft']['dtype']})",
+        f"- max_new_tokens {s['max_new_tokens']}, repeats {s['repeats']}, modes {', '.join(s['modes'])}, "
+        f"sampling temperature {s['temperature']} (top-k/top-p off), seed {s['seed']}",
+        "- Strategies: " + "; ".join(f"{c}: {_inline(v)}" for c, v in results["strategies"].items()),
+        "",
+        _identity_line(results),
+        "",
+        "### Geometric mean over prompts",
+        "",
+        _markdown_table(
+            ["mode", "config", "tok/s", "tau", "x hf_plain", "x best HF spec", "greedy identical"],
+            [
+                [
+                    g["mode"],
+                    g["config"],
+                    _f(g["tokens_per_s"]),
+                    _f(g["tau"]),
+                    _x(g["speedup_vs_plain"]),
+                    _x(g["speedup_vs_best_hf"]),
+                    _yn(g["identical"]),
+                ]
+                for g in results["geomean"]
+            ],
+        ),
+        "",
+        f"### Per prompt (median of {s['repeats']} repetition(s))",
+        "",
+        _markdown_table(
+            [
+                "mode",
+                "prompt",
+                "config",
+                "tok/s",
+                "tau",
+                "new tokens",
+                "x hf_plain",
+                "x best HF spec",
+                "accept",
+                "identical",
+            ],
+            [
+                [
+                    r["mode"],
+                    r["prompt"],
+                    r["config"],
+                    _f(r["tokens_per_s"]),
+                    _f(r["tau"]),
+                    _f(r["new_tokens"], 0),
+                    _x(r["speedup_vs_plain"]),
+                    _x(r["speedup_vs_best_hf"]),
+                    _f(r["acceptance_rate"]),
+                    _yn(r["identical"]),
+                ]
+                for r in results["summary"]
+            ],
+        ),
+        "",
+        f"Every run: [{key}]({key})",
+        _SECTION_END.format(key=key),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _identity_line(results: dict[str, Any]) -> str:
+    verdict = results["all_greedy_identical"]
+    if verdict is None:
+        return "Greedy identity: not checked (no greedy hf_plain runs)."
+    if verdict:
+        return "Greedy identity: every greedy output equals hf_plain's, token for token."
+    bad = sorted({f"{r['config']}/{r['prompt']}" for r in greedy_mismatches(results)})
+    return f"**WARNING: greedy outputs differ from hf_plain for {', '.join(bad)}.**"
+
+
+def _load_text(load: dict[str, Any] | None) -> str:
+    load = load or {}
+    return ", ".join(f"{k} {'/'.join(map(str, v))}" for k, v in load.items() if v) or "unknown"
+
+
+def _inline(value: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in value.items() if k != "class")
+
+
+def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def _f(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _x(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}x"
+
+
+def _yn(value: bool | None) -> str:
+    return "–" if value is None else ("yes" if value else "**NO**")
+
+
+def update_markdown(markdown_path: str | os.PathLike, key: str, section: str) -> pathlib.Path:
+    """Create the file with the intro if needed; replace this key's section or append it."""
+    path = pathlib.Path(markdown_path)
+    text = path.read_text() if path.exists() else MARKDOWN_INTRO
+    begin, end = _SECTION_BEGIN.format(key=key), _SECTION_END.format(key=key)
+    start = text.find(begin)
+    if start >= 0 and (stop := text.find(end, start)) >= 0:
+        text = text[:start] + section.rstrip("\n") + text[stop + len(end) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text.rstrip("\n") + "\n")
+    return path
+
+
+# --------------------------------------------------------------------------- console report
+def report_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = [
+        "mode",
+        "prompt",
+        "config",
+        "tok/s",
+        "tau",
+        "new",
+        "x plain",
+        "x best HF",
+        "accept",
+        "identical",
+    ]
+    rows = [
+        [
+            r["mode"],
+            r["prompt"],
+            r["config"],
+            _f(r["tokens_per_s"]),
+            _f(r["tau"]),
+            _f(r["new_tokens"], 0),
+            _x(r["speedup_vs_plain"]),
+            _x(r["speedup_vs_best_hf"]),
+            _f(r["acceptance_rate"]),
+            _yn(r["identical"]).strip("*"),
+        ]
+        for r in results["summary"]
+    ]
+    rows += [
+        [
+            g["mode"],
+            "geomean",
+            g["config"],
+            _f(g["tokens_per_s"]),
+            _f(g["tau"]),
+            "",
+            _x(g["speedup_vs_plain"]),
+            _x(g["speedup_vs_best_hf"]),
+            "",
+            _yn(g["identical"]).strip("*"),
+        ]
+        for g in results["geomean"]
+    ]
+    return header, rows
+
+
+def print_report(results: dict[str, Any], file=None) -> None:
+    """A rich table when rich is installed (the [bench] extra), else markdown."""
+    file = file or sys.stdout
+    header, rows = report_rows(results)
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        print(_markdown_table(header, rows), file=file)
+    else:
+        table = Table(title=f"hfspec bench: {results['name']}")
+        for col in header:
+            table.add_column(col, justify="left" if col in ("mode", "prompt", "config") else "right")
+        for row in rows:
+            table.add_row(*row, style="bold" if row[1] == "geomean" else None)
+        Console(file=file, width=max(120, Console(file=file).width)).print(table)
+    warn_if_not_identical(results, file=file)
+
+
+def warn_if_not_identical(results: dict[str, Any], file=None) -> None:
+    bad = greedy_mismatches(results)
+    if not bad:
+        return
+    file = file or sys.stderr
+    print("\n" + "!" * 78, file=file)
+    print(
+        "WARNING: greedy outputs differ from hf_plain (speculative decoding must be token-identical):",
+        file=file,
+    )
+    for r in bad:
+        print(
+            f"  {r['config']:<17} prompt={r['prompt']:<8} repeat={r['repeat']} "
+            f"first differing new token at index {r['first_mismatch']}",
+            file=file,
+        )
+    print("!" * 78 + "\n", file=file)
+
+
+# --------------------------------------------------------------------------- entry points
+def load_workload(settings: BenchSettings) -> Workload:
+    return tiny_workload(settings) if settings.tiny else real_workload(settings)
+
+
+def run_benchmark(
+    settings: BenchSettings, *, name: str, command: str, workload: Workload | None = None
+) -> dict:
+    """Load (unless given), warm up, run, and return the results dict (not yet written)."""
+    from tqdm.auto import tqdm
+
+    workload = workload if workload is not None else load_workload(settings)
+    total = len(settings.modes) * len(settings.configs) * (1 + settings.repeats * len(workload.prompts))
+    load = {"start": load_average()}
+    with tqdm(total=total, desc="hfspec bench", unit="run", disable=not settings.progress) as bar:
+        warmups, runs = benchmark(settings, workload, progress=bar)
+    load["end"] = load_average()
+    return build_results(name, command, settings, workload, warmups, runs, load)
+
+
+def run_demo(settings: BenchSettings, prompt_text: str | None) -> dict[str, Any]:
+    """Plain HF vs hfspec DraftModel vs PromptLookup on one greedy prompt (after a short warm-up)."""
+    workload = load_workload(dataclasses.replace(settings, prompts=None))
+    if prompt_text is not None and workload.tokenizer is not None:
+        spec = {"name": "demo", "messages": [{"role": "user", "content": prompt_text}]}
+        workload.prompts = [chat_prompt(workload.tokenizer, spec)]
+    prompt = workload.prompts[-1]  # the copy-heavy one unless given: where speculation shows
+    configs = ("hf_plain", "hfspec_draft", "hfspec_lookup")
+    warmup_tokens = min(4, settings.max_new_tokens)
+    with Runner(workload, settings) as runner:
+        for config in configs:
+            runner.run(prompt, config, "greedy", repeat=-1, seed=settings.seed, max_new_tokens=warmup_tokens)
+        runs = [
+            runner.run(
+                prompt, c, "greedy", repeat=0, seed=settings.seed, max_new_tokens=settings.max_new_tokens
+            )
+            for c in configs
+        ]
+    mark_identity(runs)
+    decode = workload.tokenizer.decode if workload.tokenizer is not None else (lambda ids: str(ids))
+    return {
+        "prompt": prompt.text or str(prompt.input_ids[0].tolist()),
+        "runs": [{**dataclasses.asdict(r), "text": decode(r.output_ids)} for r in runs],
+    }

@@ -1,0 +1,297 @@
+"""The ``hfspec`` command.
+
+    hfspec bench [--tiny] [--max-new-tokens 64] [--repeats 1] [--modes greedy,sample] [--configs ...]
+                 [--prompts code,json,edit] [--threads N] [--out benchmarks/results/NAME.json] [--no-markdown]
+    hfspec demo [--tiny] [--prompt TEXT] [--max-new-tokens 64]
+    hfspec render benchmarks/results/NAME.json [--markdown BENCHMARKS.md]
+
+Model loading and benchmarking live in ``hfspec.bench``; this module only parses arguments,
+reports errors plainly (no tracebacks for configuration mistakes) and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+
+import torch
+
+from hfspec import bench
+from hfspec.exceptions import HfspecError
+
+DEFAULT_MARKDOWN = bench.REPO_ROOT / "BENCHMARKS.md"
+
+
+# --------------------------------------------------------------------------- argument types
+def comma_list(choices: Sequence[str] | None = None) -> Callable[[str], tuple[str, ...]]:
+    """argparse type for "a,b,c", checked against ``choices`` when given."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        items = tuple(dict.fromkeys(x.strip() for x in text.split(",") if x.strip()))
+        if not items:
+            raise argparse.ArgumentTypeError("expected a comma-separated list, got nothing")
+        unknown = [x for x in items if choices is not None and x not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(
+                f"unknown {', '.join(unknown)}; choose from {', '.join(choices)}"
+            )
+        return items
+
+    return parse
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a value in [0, 1), got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
+    return value
+
+
+def tri_state(text: str) -> bool | None:
+    """auto -> None (follow the call), true/false otherwise."""
+    table = {"auto": None, "true": True, "yes": True, "false": False, "no": False}
+    if text.lower() not in table:
+        raise argparse.ArgumentTypeError(f"expected auto, true or false, got {text!r}")
+    return table[text.lower()]
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hfspec", description="hfspec: lossless speculative decoding for HF generate()."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{bench,demo,render}")
+
+    b = sub.add_parser(
+        "bench",
+        help="benchmark hfspec vs plain HF and HF's own speculative decoding",
+        description="Benchmark hfspec against hf_plain, hf_assisted and hf_prompt_lookup in one process.",
+    )
+    _add_model_args(b)
+    b.add_argument(
+        "--repeats", type=positive_int, default=1, help="timed repetitions per (mode, prompt, config)"
+    )
+    b.add_argument(
+        "--modes", type=comma_list(bench.MODES), default=bench.MODES, help="greedy,sample (default both)"
+    )
+    b.add_argument(
+        "--configs",
+        type=comma_list(bench.CONFIGS),
+        default=bench.CONFIGS,
+        help=f"subset of {','.join(bench.CONFIGS)} (hf_plain is always added: it is the reference)",
+    )
+    b.add_argument(
+        "--prompts", type=comma_list(), default=None, help="prompt names, e.g. code,json,edit (default all)"
+    )
+    b.add_argument("--prompts-file", default=None, help="prompts JSON (default benchmarks/prompts.json)")
+    b.add_argument(
+        "--temperature", type=positive_float, default=0.7, help="sampling temperature (top-k/top-p off)"
+    )
+    b.add_argument("--seed", type=int, default=0, help="base seed; each (prompt, repetition) gets its own")
+    b.add_argument("--warmup-tokens", type=positive_int, default=8, help="max_new_tokens of the warm-up runs")
+    b.add_argument(
+        "--out", default=None, help="results JSON (default benchmarks/results/<date>-<models>.json)"
+    )
+    b.add_argument(
+        "--markdown",
+        default=None,
+        help="markdown file to update (default BENCHMARKS.md; with --tiny only when given: tiny numbers mean nothing)",
+    )
+    b.add_argument("--no-markdown", action="store_true", help="do not touch the markdown file")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.set_defaults(func=cmd_bench)
+
+    d = sub.add_parser(
+        "demo",
+        help="one prompt: plain HF vs hfspec DraftModel and PromptLookup",
+        description="Generate one greedy answer with plain HF, hfspec DraftModel and hfspec PromptLookup.",
+    )
+    _add_model_args(d)
+    d.add_argument(
+        "--prompt", default=None, help="user message (default: the copy-heavy edit benchmark prompt)"
+    )
+    d.set_defaults(func=cmd_demo)
+
+    r = sub.add_parser("render", help="(re)write a results file's section of BENCHMARKS.md")
+    r.add_argument("results", help="results JSON written by hfspec bench")
+    r.add_argument(
+        "--markdown", default=str(DEFAULT_MARKDOWN), help="markdown file to update (default BENCHMARKS.md)"
+    )
+    r.set_defaults(func=cmd_render)
+    return parser
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    """Options shared by bench and demo: which models, how long, and the strategies' constructor kwargs."""
+    p.add_argument(
+        "--tiny", action="store_true", help="tiny random models and token-id prompts (seconds, no weights)"
+    )
+    p.add_argument("--max-new-tokens", type=positive_int, default=64)
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=available_cores(),
+        help=f"torch threads (default: all {available_cores()} available cores)",
+    )
+    p.add_argument(
+        "--draft-tokens",
+        type=positive_int,
+        default=5,
+        help="DraftModel(num_tokens) and HF num_assistant_tokens (default 5)",
+    )
+    p.add_argument(
+        "--confidence-threshold",
+        type=probability,
+        default=0.0,
+        help="DraftModel(confidence_threshold) (default 0 = off; HF's own threshold stays at its default)",
+    )
+    p.add_argument(
+        "--draft-do-sample",
+        type=tri_state,
+        default=None,
+        metavar="{auto,true,false}",
+        help="DraftModel(do_sample): auto follows the call (default)",
+    )
+    p.add_argument(
+        "--lookup-tokens",
+        type=positive_int,
+        default=10,
+        help="PromptLookup(num_tokens) and HF prompt_lookup_num_tokens (default 10)",
+    )
+    p.add_argument(
+        "--lookup-max-ngram", type=positive_int, default=3, help="PromptLookup(max_ngram) (default 3)"
+    )
+    p.add_argument(
+        "--lookup-min-ngram", type=positive_int, default=1, help="PromptLookup(min_ngram) (default 1)"
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> bench.BenchSettings:
+    if args.lookup_min_ngram > args.lookup_max_ngram:
+        raise HfspecError(
+            f"--lookup-min-ngram ({args.lookup_min_ngram}) exceeds --lookup-max-ngram ({args.lookup_max_ngram})"
+        )
+    configs = getattr(args, "configs", bench.CONFIGS)
+    if "hf_plain" not in configs:
+        configs = ("hf_plain", *configs)
+    return bench.BenchSettings(
+        tiny=args.tiny,
+        max_new_tokens=args.max_new_tokens,
+        repeats=getattr(args, "repeats", 1),
+        modes=getattr(args, "modes", ("greedy",)),
+        configs=configs,
+        prompts=getattr(args, "prompts", None),
+        prompts_file=getattr(args, "prompts_file", None),
+        temperature=getattr(args, "temperature", 0.7),
+        seed=getattr(args, "seed", 0),
+        warmup_tokens=min(getattr(args, "warmup_tokens", 4), args.max_new_tokens),
+        threads=args.threads,
+        draft_tokens=args.draft_tokens,
+        draft_do_sample=args.draft_do_sample,
+        confidence_threshold=args.confidence_threshold,
+        lookup_tokens=args.lookup_tokens,
+        lookup_max_ngram=args.lookup_max_ngram,
+        lookup_min_ngram=args.lookup_min_ngram,
+        progress=not getattr(args, "no_progress", False),
+    )
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_bench(args: argparse.Namespace, command: str) -> int:
+    settings = settings_from_args(args)
+    torch.set_num_threads(settings.threads)
+    out = pathlib.Path(args.out) if args.out else default_results_path(settings)
+    if out.suffix != ".json":
+        raise HfspecError(f"--out must name a .json file, got {out}")
+    results = bench.run_benchmark(settings, name=out.stem, command=command)
+    bench.write_results(results, out)
+    bench.print_report(results)
+    print(f"results: {out}")
+    markdown = args.markdown or (None if settings.tiny else str(DEFAULT_MARKDOWN))
+    if markdown and not args.no_markdown:
+        key = bench.section_key(out, markdown)
+        path = bench.update_markdown(markdown, key, bench.render_section(results, key))
+        print(f"markdown: {path}")
+    return 0
+
+
+def default_results_path(settings: bench.BenchSettings) -> pathlib.Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    models = "tiny" if settings.tiny else "qwen2.5-coder-1.5b-0.5b"
+    return bench.REPO_ROOT / "benchmarks" / "results" / f"{stamp}-{models}.json"
+
+
+def cmd_demo(args: argparse.Namespace, command: str) -> int:
+    settings = settings_from_args(args)
+    torch.set_num_threads(settings.threads)
+    demo = bench.run_demo(settings, args.prompt)
+    print(f"prompt:\n{demo['prompt']}\n")
+    for run in demo["runs"]:
+        print(
+            f"=== {run['config']}: {run['new_tokens']} tokens in {run['wall_s']:.2f} s = "
+            f"{run['tokens_per_s']:.2f} tok/s, tau {run['tau']:.2f}, identical to hf_plain: {run['identical']}"
+        )
+        print(run["text"] + "\n")
+    if any(run["identical"] is False for run in demo["runs"]):
+        print("WARNING: a greedy hfspec output differs from plain HF generate.", file=sys.stderr)
+    return 0
+
+
+def cmd_render(args: argparse.Namespace, command: str) -> int:
+    path = pathlib.Path(args.results)
+    if not path.is_file():
+        raise HfspecError(f"results file {path} not found")
+    results = json.loads(path.read_text())
+    if results.get("schema") != bench.SCHEMA:
+        raise HfspecError(f"{path} is not an hfspec bench results file (schema {results.get('schema')!r})")
+    key = bench.section_key(path, args.markdown)
+    print(f"markdown: {bench.update_markdown(args.markdown, key, bench.render_section(results, key))}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``hfspec`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args, command="hfspec " + shlex.join(argv))
+    except HfspecError as error:
+        print(f"hfspec {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

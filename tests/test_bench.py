@@ -1,0 +1,203 @@
+"""`hfspec bench --tiny` end to end (tiny random models, seconds) plus the benchmark's pure helpers.
+
+No timing assertions: speed is measured by benchmarks, never asserted in tests (DESIGN.md section 7).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hfspec import bench, cli
+from hfspec.testing import tiny_model
+
+MODES = ("greedy", "sample")
+PROMPTS = ("json", "edit")
+REPEATS = 2
+
+
+def _bench(out, markdown, *extra: str) -> int:
+    return cli.main(
+        [
+            "bench",
+            "--tiny",
+            "--max-new-tokens",
+            "5",
+            "--threads",
+            "1",
+            "--no-progress",
+            "--out",
+            str(out),
+            "--markdown",
+            str(markdown),
+            *extra,
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One full tiny benchmark (every config, both modes, two prompts, two repetitions)."""
+    tmp = tmp_path_factory.mktemp("bench")
+    out, markdown = tmp / "results" / "tiny.json", tmp / "BENCHMARKS.md"
+    threads = torch.get_num_threads()
+    try:
+        rc = _bench(
+            out,
+            markdown,
+            "--repeats",
+            str(REPEATS),
+            "--modes",
+            ",".join(MODES),
+            "--prompts",
+            ",".join(PROMPTS),
+        )
+    finally:
+        torch.set_num_threads(threads)  # the CLI sets it process-wide; do not leak into other tests
+    assert rc == 0
+    return out, markdown, json.loads(out.read_text())
+
+
+def test_results_structure(tiny_run):
+    _, _, results = tiny_run
+    assert results["schema"] == bench.SCHEMA
+    assert results["command"].startswith("hfspec bench --tiny --max-new-tokens 5")
+    for key in ("cpu_count", "torch_threads", "torch", "transformers", "date"):
+        assert key in results["machine"]
+    assert results["machine"]["torch_threads"] == 1
+    settings = results["settings"]
+    assert settings["tiny"] and settings["repeats"] == REPEATS and tuple(settings["configs"]) == bench.CONFIGS
+    assert set(results["strategies"]) == set(bench.CONFIGS) - {"hf_plain"}
+    assert results["strategies"]["hf_assisted"]["num_assistant_tokens"] == settings["draft_tokens"]
+    assert results["generation"]["sample"]["top_k"] == 0 and results["generation"]["sample"]["top_p"] == 1.0
+    assert set(results["prompts"]) == set(PROMPTS)
+
+    runs = results["runs"]
+    assert len(runs) == len(MODES) * len(PROMPTS) * len(bench.CONFIGS) * REPEATS
+    assert len(results["warmup"]) == len(MODES) * len(bench.CONFIGS)
+    assert {(r["mode"], r["prompt"], r["config"], r["repeat"]) for r in runs} == {
+        (m, p, c, k) for m in MODES for p in PROMPTS for c in bench.CONFIGS for k in range(REPEATS)
+    }
+    for run in runs:
+        assert 1 <= run["new_tokens"] <= 5 and len(run["output_ids"]) == run["new_tokens"]
+        assert run["wall_s"] > 0 and run["target_forwards"] >= 1
+        assert run["tau"] == pytest.approx(run["new_tokens"] / run["target_forwards"])
+        if run["config"].startswith("hfspec"):
+            # the forward hook and hfspec's own counter must agree, or tau is wrong for every config
+            assert run["spec"]["target_forwards"] == run["target_forwards"]
+        if run["config"] == "hf_plain":
+            assert run["tau"] == 1.0
+
+    assert len(results["summary"]) == len(MODES) * len(PROMPTS) * len(bench.CONFIGS)
+    assert len(results["geomean"]) == len(MODES) * len(bench.CONFIGS)
+    for row in results["summary"]:
+        if row["config"] == "hf_plain":
+            assert row["speedup_vs_plain"] == pytest.approx(1.0)
+        assert row["speedup_vs_best_hf"] is not None
+
+
+def test_greedy_outputs_identical(tiny_run):
+    _, _, results = tiny_run
+    assert results["all_greedy_identical"] is True
+    for run in results["runs"]:
+        assert run["identical"] is (True if run["mode"] == "greedy" else None), run
+
+
+def test_markdown_section_written_and_replaced(tiny_run):
+    out, md, results = tiny_run
+    begin = "<!-- hfspec-bench:begin results/tiny.json -->"
+    other_begin = "<!-- hfspec-bench:begin results/other.json -->"
+    text = md.read_text()
+    assert text.startswith("# hfspec benchmarks") and text.count(begin) == 1
+    assert f"Command: `{results['command']}`" in text
+
+    # re-render from the JSON: same single section, byte-identical (rendering is deterministic)
+    assert cli.main(["render", str(out), "--markdown", str(md)]) == 0
+    assert md.read_text() == text
+
+    # a section for another results file is added next to it, not over it
+    other = out.with_name("other.json")
+    other.write_text(out.read_text().replace('"name": "tiny"', '"name": "other"'))
+    assert cli.main(["render", str(other), "--markdown", str(md)]) == 0
+    both = md.read_text()
+    assert both.count(begin) == 1 and both.count(other_begin) == 1
+
+    # re-running the benchmark into the same results file replaces its section in place
+    threads = torch.get_num_threads()
+    try:
+        assert (
+            _bench(
+                out.with_name("other.json"),
+                md,
+                "--modes",
+                "greedy",
+                "--prompts",
+                "edit",
+                "--configs",
+                "hfspec_lookup",
+            )
+            == 0
+        )
+    finally:
+        torch.set_num_threads(threads)
+    again = md.read_text()
+    assert again.count(other_begin) == 1 and again.count(begin) == 1
+    assert "--configs hfspec_lookup" in again
+    assert again.index(begin) < again.index(other_begin)
+    assert "[results/tiny.json](results/tiny.json)" in again  # link to the raw runs, relative to the markdown
+
+
+# --------------------------------------------------------------------------- helpers
+def test_schedule_rotates_so_no_config_always_runs_first():
+    n = len(bench.CONFIGS)
+    settings = bench.BenchSettings(repeats=n, modes=MODES)
+    prompts = [
+        bench.Prompt(str(i), torch.tensor([[2, 3]]), kind="") for i in range(n)
+    ]  # modes*prompts % n == 0
+    plan = bench.schedule(settings, prompts)
+    groups = [plan[i : i + n] for i in range(0, len(plan), n)]
+    assert all(sorted(c for *_, c in g) == sorted(bench.CONFIGS) for g in groups)
+    for mode in MODES:
+        for index in range(n):
+            firsts = [g[0][3] for g in groups if g[0][:2] == (mode, index)]
+            assert sorted(firsts) == sorted(bench.CONFIGS)  # each config runs first once per (mode, prompt)
+
+
+def test_mismatch_is_flagged_loudly(capsys):
+    def run(config, ids):
+        return bench.RunRecord("greedy", "p", config, 0, 0, 4, 1.0, len(ids), 4.0, 4, 1.0, ids)
+
+    runs = [run("hf_plain", [5, 6, 7]), run("hfspec_draft", [5, 9, 7]), run("hfspec_lookup", [5, 6, 7])]
+    bench.mark_identity(runs)
+    assert [r.identical for r in runs] == [True, False, True]
+    assert runs[1].first_mismatch == 1
+    bench.warn_if_not_identical({"runs": [vars(r) for r in runs]})
+    assert "WARNING" in capsys.readouterr().err
+
+
+def test_count_new_tokens_stops_at_first_eos():
+    assert bench.count_new_tokens(torch.tensor([4, 1, 1, 0]), [1]) == 2
+    assert bench.count_new_tokens(torch.tensor([4, 5, 6]), [1, 2]) == 3
+
+
+def test_assistant_length_restores_draft_config():
+    draft = tiny_model()
+    before = draft.generation_config.to_dict()
+    with bench.assistant_length(draft, 7):
+        assert draft.generation_config.num_assistant_tokens == 7
+        assert draft.generation_config.num_assistant_tokens_schedule == "constant"
+    assert draft.generation_config.to_dict() == before
+
+
+def test_cli_errors_are_clear(capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--tiny", "--configs", "hf_plain,nope"])
+    assert "choose from" in capsys.readouterr().err
+    assert (
+        cli.main(["bench", "--tiny", "--prompts", "nope", "--out", str(tmp_path / "x.json"), "--no-markdown"])
+        == 2
+    )
+    assert "unknown prompt" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
