@@ -28,8 +28,8 @@ from transformers import (
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from hfspec import acceptance
-from hfspec.cache import crop_to
-from hfspec.engine_utils import position_ids
+from hfspec.cache import cache_length, crop_to
+from hfspec.engine_utils import lm_head_width, position_ids
 from hfspec.processors import PrefixProcessor
 from hfspec.proposers.base import SessionContext, StepView, Strategy
 
@@ -39,7 +39,7 @@ class SpecStats:
     """Counters of one or more speculative calls; pass one as ``speculation_stats=`` to read them."""
 
     calls: int = 0
-    target_forwards: int = 0  # verify forwards, prefill included
+    target_forwards: int = 0  # verify forwards (the first one also reads the prompt)
     drafted: int = 0  # draft tokens sent to verification (summed over rows)
     accepted: int = 0  # of those, accepted
     emitted: int = 0  # tokens committed (summed over rows)
@@ -54,13 +54,6 @@ class SpecStats:
     @property
     def acceptance_rate(self) -> float:
         return self.accepted / max(self.drafted, 1)
-
-
-def select(scores: torch.Tensor, do_sample: bool) -> torch.Tensor:
-    """Next token per row from processed scores (B, V)."""
-    if do_sample:
-        return torch.multinomial(torch.softmax(scores, dim=-1), 1).squeeze(1)
-    return scores.argmax(dim=-1)
 
 
 def forward(model: PreTrainedModel, tokens, mask, positions, cache, keep: int) -> torch.Tensor:
@@ -151,24 +144,18 @@ def speculative_generate(
     starts = mask.argmax(dim=-1).cpu()
     committer = _Committer(ids, lengths, stopping_criteria, streamer, want_scores)
 
-    # Prefill: the prompt goes into the cache, the first token is chosen as plain decoding would.
+    # No separate prefill: the last prompt token is "pending" and the rest of the prompt is
+    # caught up inside the first verify forward, together with the first drafts (one target
+    # weight pass saved per call). Every later step catches up nothing.
     cache = DynamicCache(config=model.config)
-    logits = forward(model, input_ids, mask, position_ids(mask), cache, keep=1)
-    stats.target_forwards += 1
-    scores = processor(ids, lengths, ids[:, :0], logits)
-    first = select(scores[:, 0], do_sample)
-    kept = committer.commit(first[:, None], torch.ones(batch, dtype=torch.long), scores)
-    stats.emitted += int(kept.sum())
-    stats.row_steps += batch
-
-    slot_tokens, slot_mask, pending = input_ids, mask, first
+    slot_tokens, slot_mask, pending = input_ids[:, :-1], mask[:, :-1], input_ids[:, -1]
     session = strategy.start(
         SessionContext(
             target=model,
             generation_config=generation_config,
             processor=processor,
             do_sample=do_sample,
-            vocab_size=scores.shape[-1],
+            vocab_size=lm_head_width(model),
             batch_size=batch,
         )
     )
@@ -181,10 +168,13 @@ def speculative_generate(
         k = int(num_drafts.max()) if batch else 0
         drafts = proposal.ids[:, :k].to(device)
 
+        seen = cache_length(cache)
         tokens = torch.cat([pending[:, None], drafts], dim=1)
         verify_mask = torch.cat([slot_mask, torch.ones_like(tokens)], dim=1)
-        positions = slot_mask.sum(-1, keepdim=True) + torch.arange(k + 1, device=device)
-        logits = forward(model, tokens, verify_mask, positions, cache, keep=k + 1)
+        positions = position_ids(verify_mask)[:, seen:]
+        logits = forward(
+            model, torch.cat([slot_tokens[:, seen:], tokens], dim=1), verify_mask, positions, cache, keep=k + 1
+        )
         scores = processor(ids, lengths, drafts, logits)
         stats.target_forwards += 1
 
