@@ -24,7 +24,8 @@ class DraftModel:
 
     Args:
         draft_model: any causal LM whose token ids mean the same as the target's.
-        num_tokens: drafts per step (>= 1).
+        num_tokens: most drafts per step (>= 1). The default 7 means 8 verify positions, the
+            cheapest multi-position target forward measured on 2-core CPUs (docs/design.md).
         do_sample: sample drafts from q (exact q kept for acceptance) or take argmax
             (a deterministic proposal). Default: follow the target call's ``do_sample``.
         confidence_threshold: stop drafting early in a step once every row's draft top
@@ -35,7 +36,7 @@ class DraftModel:
     def __init__(
         self,
         draft_model: PreTrainedModel,
-        num_tokens: int = 5,
+        num_tokens: int = 7,
         *,
         do_sample: bool | None = None,
         confidence_threshold: float = 0.0,
@@ -44,7 +45,7 @@ class DraftModel:
             raise ConfigurationError(
                 f"DraftModel expects a transformers PreTrainedModel, got {type(draft_model).__name__}."
             )
-        if not isinstance(num_tokens, int) or num_tokens < 1:
+        if not isinstance(num_tokens, int) or isinstance(num_tokens, bool) or num_tokens < 1:
             raise ConfigurationError(f"DraftModel(num_tokens=...) must be an int >= 1, got {num_tokens!r}.")
         if not 0.0 <= confidence_threshold < 1.0:
             raise ConfigurationError(f"confidence_threshold must be in [0, 1), got {confidence_threshold!r}.")
