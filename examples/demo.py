@@ -48,7 +48,7 @@ if __name__ == "__main__":
     drafted = timed(
         "hfspec DraftModel(0.5B)",
         lambda: target.generate(**common, custom_generate=hfspec.generate, speculation_stats=stats,
-                                assistant_strategy=hfspec.DraftModel(draft, num_tokens=3)),
+                                assistant_strategy=hfspec.DraftModel(draft, num_tokens=7)),
     )
     hfspec.enable()  # from here on plain generate() accepts assistant_strategy=
     looked_up = timed("hfspec PromptLookup", lambda: target.generate(**common, assistant_strategy=hfspec.PromptLookup()))
