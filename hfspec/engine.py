@@ -29,7 +29,7 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from hfspec import acceptance
 from hfspec.cache import cache_length, crop_to
-from hfspec.engine_utils import lm_head_width, position_ids
+from hfspec.engine_utils import forward, lm_head_width, position_ids
 from hfspec.processors import PrefixProcessor
 from hfspec.proposers.base import SessionContext, StepView, Strategy
 
@@ -54,19 +54,6 @@ class SpecStats:
     @property
     def acceptance_rate(self) -> float:
         return self.accepted / max(self.drafted, 1)
-
-
-def forward(model: PreTrainedModel, tokens, mask, positions, cache, keep: int) -> torch.Tensor:
-    """One cached forward returning the last ``keep`` positions' logits (B, keep, V)."""
-    out = model(
-        input_ids=tokens,
-        attention_mask=mask,
-        position_ids=positions,
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=keep,
-    )
-    return out.logits[:, -keep:]
 
 
 class _Committer:

@@ -10,7 +10,7 @@ import torch
 from transformers import DynamicCache, GenerationConfig, PreTrainedModel
 
 from hfspec.cache import cache_length, crop_to
-from hfspec.engine_utils import fit_width, lm_head_width, position_ids
+from hfspec.engine_utils import fit_width, forward, lm_head_width, position_ids
 from hfspec.exceptions import ConfigurationError, IncompatibleDraftError
 from hfspec.proposers.base import Proposal, SessionContext, StepView
 
@@ -90,7 +90,6 @@ class _DraftSession:
         self.threshold = strategy.confidence_threshold
         self.ctx = ctx
         self.cache = DynamicCache(config=self.model.config)
-        self.device = self.model.device
 
     def propose(self, view: StepView) -> Proposal:
         batch = view.pending.shape[0]
@@ -104,15 +103,8 @@ class _DraftSession:
         drafts: list[torch.Tensor] = []
         probs: list[torch.Tensor] = []
         for _ in range(k):
-            out = self.model(
-                input_ids=tokens.to(self.device),
-                attention_mask=mask.to(self.device),
-                position_ids=positions.to(self.device),
-                past_key_values=self.cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            logits = fit_width(out.logits[:, -1:].to(view.ids.device), self.ctx.vocab_size)
+            logits = forward(self.model, tokens, mask, positions, self.cache, keep=1)
+            logits = fit_width(logits.to(view.ids.device), self.ctx.vocab_size)
             so_far = torch.stack(drafts, 1) if drafts else view.ids[:, :0]
             scores = self.ctx.processor(view.ids, view.lengths, so_far, logits)[:, 0]
             q = torch.softmax(scores, dim=-1) if (self.sample or self.threshold > 0) else None
