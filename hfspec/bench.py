@@ -84,12 +84,12 @@ class BenchSettings:
     seed: int = 0
     warmup_tokens: int = 8
     threads: int = 1
-    draft_tokens: int = 5  # hfspec DraftModel(num_tokens) and HF num_assistant_tokens
+    draft_tokens: int = 7  # hfspec DraftModel(num_tokens) and HF num_assistant_tokens
     draft_do_sample: bool | None = None  # DraftModel(do_sample=...); None follows the call
     confidence_threshold: float = 0.0  # DraftModel(confidence_threshold=...)
-    lookup_tokens: int = 10  # hfspec PromptLookup(num_tokens) and HF prompt_lookup_num_tokens
+    lookup_tokens: int = 7  # hfspec PromptLookup(num_tokens) and HF prompt_lookup_num_tokens
     lookup_max_ngram: int = 3
-    lookup_min_ngram: int = 1
+    lookup_min_ngram: int = 2
     progress: bool = True
 
 
@@ -693,21 +693,26 @@ def build_results(
             for m in settings.modes
         },
         "models": _jsonable(workload.models),
-        "prompts": {
-            p.name: {
-                "kind": p.kind,
-                "num_tokens": int(p.input_ids.shape[1]),
-                "text": p.text,
-                "input_ids": None if p.text else p.input_ids[0].tolist(),
-            }
-            for p in workload.prompts
-        },
+        "prompts": describe_prompts(workload),
         "all_greedy_identical": all(greedy) if greedy else None,
         "summary": rows,
         "geomean": geomean_rows(rows),
         "outputs": sample_texts(runs, workload),
         "warmup": [dataclasses.asdict(r) for r in warmups],
         "runs": [dataclasses.asdict(r) for r in runs],
+    }
+
+
+def describe_prompts(workload: Workload) -> dict[str, dict[str, Any]]:
+    """Each prompt as run: its text (real models) or its token ids (--tiny, which has no tokenizer)."""
+    return {
+        p.name: {
+            "kind": p.kind,
+            "num_tokens": int(p.input_ids.shape[1]),
+            "text": p.text,
+            "input_ids": None if p.text else p.input_ids[0].tolist(),
+        }
+        for p in workload.prompts
     }
 
 
@@ -748,20 +753,14 @@ def section_key(results_path: str | os.PathLike, markdown_path: str | os.PathLik
 
 def render_section(results: dict[str, Any], key: str) -> str:
     """One markdown section: command, machine, settings, geomean table, per-prompt table."""
-    m, s = results["machine"], results["settings"]
-    models = results["models"]
+    s = results["settings"]
     lines = [
         _SECTION_BEGIN.format(key=key),
         f"## {results['name']}",
         "",
         f"Command: `{results['command']}`",
         "",
-        f"- Date {m['date']}, hfspec {m['hfspec']} (git {m['git'] or 'unknown'}), torch {m['torch']}, "
-        f"transformers {m['transformers']}, Python {m['python']}",
-        f"- CPU: {m['cpu_model']}, {m['cpus_available']} cores available, torch threads {m['torch_threads']}, "
-        f"load average (1/5/15 min) {_load_text(m.get('load_average'))}",
-        f"- Target {models['target']['name']} ({models['target']['dtype']}), "
-        f"draft {models['draft']['name']} ({models['draft']['dtype']})",
+        *environment_lines(results),
         f"- max_new_tokens {s['max_new_tokens']}, repeats {s['repeats']}, modes {', '.join(s['modes'])}, "
         f"sampling temperature {s['temperature']} (top-k/top-p off), seed {s['seed']}",
         "- Strategies: " + "; ".join(f"{c}: {_inline(v)}" for c, v in results["strategies"].items()),
@@ -822,6 +821,19 @@ def render_section(results: dict[str, Any], key: str) -> str:
         _SECTION_END.format(key=key),
     ]
     return "\n".join(lines) + "\n"
+
+
+def environment_lines(results: dict[str, Any]) -> list[str]:
+    """Where the numbers came from (versions, CPU, load, models): shared by every benchmark section."""
+    m, models = results["machine"], results["models"]
+    return [
+        f"- Date {m['date']}, hfspec {m['hfspec']} (git {m['git'] or 'unknown'}), torch {m['torch']}, "
+        f"transformers {m['transformers']}, Python {m['python']}",
+        f"- CPU: {m['cpu_model']}, {m['cpus_available']} cores available, torch threads {m['torch_threads']}, "
+        f"load average (1/5/15 min) {_load_text(m.get('load_average'))}",
+        f"- Target {models['target']['name']} ({models['target']['dtype']}), "
+        f"draft {models['draft']['name']} ({models['draft']['dtype']})",
+    ]
 
 
 def _identity_line(results: dict[str, Any]) -> str:
@@ -924,21 +936,42 @@ def report_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 def print_report(results: dict[str, Any], file=None) -> None:
     """A rich table when rich is installed (the [bench] extra), else markdown."""
-    file = file or sys.stdout
     header, rows = report_rows(results)
+    print_table(
+        f"hfspec bench: {results['name']}",
+        header,
+        rows,
+        left=("mode", "prompt", "config"),
+        bold=[row[1] == "geomean" for row in rows],
+        file=file,
+    )
+    warn_if_not_identical(results, file=file)
+
+
+def print_table(
+    title: str,
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    left: Sequence[str] = (),
+    bold: Sequence[bool] = (),
+    file=None,
+) -> None:
+    """Rich when installed (the [bench] extra), else the markdown table: the console never needs rich."""
+    file = file or sys.stdout
     try:
         from rich.console import Console
         from rich.table import Table
     except ImportError:
         print(_markdown_table(header, rows), file=file)
-    else:
-        table = Table(title=f"hfspec bench: {results['name']}")
-        for col in header:
-            table.add_column(col, justify="left" if col in ("mode", "prompt", "config") else "right")
-        for row in rows:
-            table.add_row(*row, style="bold" if row[1] == "geomean" else None)
-        Console(file=file, width=max(120, Console(file=file).width)).print(table)
-    warn_if_not_identical(results, file=file)
+        return
+    table = Table(title=title)
+    for col in header:
+        is_label = col in left  # labels never wrap or truncate; the numbers' headers may wrap
+        table.add_column(col, justify="left" if is_label else "right", no_wrap=is_label, min_width=None)
+    for i, row in enumerate(rows):
+        table.add_row(*row, style="bold" if i < len(bold) and bold[i] else None)
+    Console(file=file, width=max(120, Console(file=file).width)).print(table)
 
 
 def warn_if_not_identical(results: dict[str, Any], file=None) -> None:

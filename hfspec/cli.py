@@ -2,6 +2,8 @@
 
     hfspec bench [--tiny] [--max-new-tokens 64] [--repeats 1] [--modes greedy,sample] [--configs ...]
                  [--prompts code,json,edit] [--threads N] [--out benchmarks/results/NAME.json] [--no-markdown]
+    hfspec bench-batch [--tiny] [--max-new-tokens 64] [--repeats 1] [--configs hf_plain,hfspec_draft,hfspec_lookup]
+                 [--prompts code,json,edit] [--threads N] [--out benchmarks/results/NAME.json] [--no-markdown]
     hfspec demo [--tiny] [--prompt TEXT] [--max-new-tokens 64]
     hfspec render benchmarks/results/NAME.json [--markdown BENCHMARKS.md]
 
@@ -22,7 +24,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from hfspec import bench
+from hfspec import bench, bench_batch
 from hfspec.exceptions import HfspecError
 
 DEFAULT_MARKDOWN = bench.REPO_ROOT / "BENCHMARKS.md"
@@ -93,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hfspec", description="hfspec: lossless speculative decoding for HF generate()."
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{bench,demo,render}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{bench,bench-batch,demo,render}")
 
     b = sub.add_parser(
         "bench",
@@ -101,38 +103,26 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmark hfspec against hf_plain, hf_assisted and hf_prompt_lookup in one process.",
     )
     _add_model_args(b)
-    b.add_argument(
-        "--repeats", type=positive_int, default=1, help="timed repetitions per (mode, prompt, config)"
-    )
+    _add_run_args(b, repeats_per="(mode, prompt, config)", configs=bench.CONFIGS)
     b.add_argument(
         "--modes", type=comma_list(bench.MODES), default=bench.MODES, help="greedy,sample (default both)"
     )
     b.add_argument(
-        "--configs",
-        type=comma_list(bench.CONFIGS),
-        default=bench.CONFIGS,
-        help=f"subset of {','.join(bench.CONFIGS)} (hf_plain is always added: it is the reference)",
-    )
-    b.add_argument(
-        "--prompts", type=comma_list(), default=None, help="prompt names, e.g. code,json,edit (default all)"
-    )
-    b.add_argument("--prompts-file", default=None, help="prompts JSON (default benchmarks/prompts.json)")
-    b.add_argument(
         "--temperature", type=positive_float, default=0.7, help="sampling temperature (top-k/top-p off)"
     )
     b.add_argument("--seed", type=int, default=0, help="base seed; each (prompt, repetition) gets its own")
-    b.add_argument("--warmup-tokens", type=positive_int, default=8, help="max_new_tokens of the warm-up runs")
-    b.add_argument(
-        "--out", default=None, help="results JSON (default benchmarks/results/<date>-<models>.json)"
-    )
-    b.add_argument(
-        "--markdown",
-        default=None,
-        help="markdown file to update (default BENCHMARKS.md; with --tiny only when given: tiny numbers mean nothing)",
-    )
-    b.add_argument("--no-markdown", action="store_true", help="do not touch the markdown file")
-    b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_bench)
+
+    bb = sub.add_parser(
+        "bench-batch",
+        help="the cost of batching: the prompts one at a time vs as one left-padded batch (greedy)",
+        description="Run hf_plain, hfspec_draft and hfspec_lookup on the prompts one at a time (batch 1) "
+        "and as one left-padded batch, in one process; report aggregate tok/s, the batched/batch-1 ratio, "
+        "tau and acceptance, and check that batched rows equal the batch-1 outputs token for token.",
+    )
+    _add_model_args(bb)
+    _add_run_args(bb, repeats_per="(config, way)", configs=bench_batch.CONFIGS)
+    bb.set_defaults(func=cmd_bench_batch)
 
     d = sub.add_parser(
         "demo",
@@ -146,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     r = sub.add_parser("render", help="(re)write a results file's section of BENCHMARKS.md")
-    r.add_argument("results", help="results JSON written by hfspec bench")
+    r.add_argument("results", help="results JSON written by hfspec bench or hfspec bench-batch")
     r.add_argument(
         "--markdown", default=str(DEFAULT_MARKDOWN), help="markdown file to update (default BENCHMARKS.md)"
     )
@@ -169,8 +159,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--draft-tokens",
         type=positive_int,
-        default=5,
-        help="DraftModel(num_tokens) and HF num_assistant_tokens (default 5)",
+        default=7,
+        help="DraftModel(num_tokens) and HF num_assistant_tokens (default 7)",
     )
     p.add_argument(
         "--confidence-threshold",
@@ -188,15 +178,41 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--lookup-tokens",
         type=positive_int,
-        default=10,
-        help="PromptLookup(num_tokens) and HF prompt_lookup_num_tokens (default 10)",
+        default=7,
+        help="PromptLookup(num_tokens) and HF prompt_lookup_num_tokens (default 7)",
     )
     p.add_argument(
         "--lookup-max-ngram", type=positive_int, default=3, help="PromptLookup(max_ngram) (default 3)"
     )
     p.add_argument(
-        "--lookup-min-ngram", type=positive_int, default=1, help="PromptLookup(min_ngram) (default 1)"
+        "--lookup-min-ngram", type=positive_int, default=2, help="PromptLookup(min_ngram) (default 2)"
     )
+
+
+def _add_run_args(p: argparse.ArgumentParser, *, repeats_per: str, configs: Sequence[str]) -> None:
+    """Options shared by bench and bench-batch: what to repeat, on which prompts, where results go."""
+    p.add_argument("--repeats", type=positive_int, default=1, help=f"timed repetitions per {repeats_per}")
+    p.add_argument(
+        "--configs",
+        type=comma_list(configs),
+        default=tuple(configs),
+        help=f"subset of {','.join(configs)} (hf_plain is always added: it is the reference)",
+    )
+    p.add_argument(
+        "--prompts", type=comma_list(), default=None, help="prompt names, e.g. code,json,edit (default all)"
+    )
+    p.add_argument("--prompts-file", default=None, help="prompts JSON (default benchmarks/prompts.json)")
+    p.add_argument("--warmup-tokens", type=positive_int, default=8, help="max_new_tokens of the warm-up runs")
+    p.add_argument(
+        "--out", default=None, help="results JSON (default benchmarks/results/<date>-<models>.json)"
+    )
+    p.add_argument(
+        "--markdown",
+        default=None,
+        help="markdown file to update (default BENCHMARKS.md; with --tiny only when given: tiny numbers mean nothing)",
+    )
+    p.add_argument("--no-markdown", action="store_true", help="do not touch the markdown file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def settings_from_args(args: argparse.Namespace) -> bench.BenchSettings:
@@ -231,27 +247,40 @@ def settings_from_args(args: argparse.Namespace) -> bench.BenchSettings:
 
 # --------------------------------------------------------------------------- commands
 def cmd_bench(args: argparse.Namespace, command: str) -> int:
+    return _run_and_publish(args, command, bench, prefix="")
+
+
+def cmd_bench_batch(args: argparse.Namespace, command: str) -> int:
+    return _run_and_publish(args, command, bench_batch, prefix="batch-")
+
+
+def _run_and_publish(args: argparse.Namespace, command: str, kind, *, prefix: str) -> int:
+    """Run a benchmark module (bench or bench_batch), write its JSON, print it, update the markdown.
+
+    ``kind`` provides run_benchmark, print_report and render_section; files are written the same way
+    for both, so ``hfspec render`` and the BENCHMARKS.md sections behave alike.
+    """
     settings = settings_from_args(args)
     torch.set_num_threads(settings.threads)
-    out = pathlib.Path(args.out) if args.out else default_results_path(settings)
+    out = pathlib.Path(args.out) if args.out else default_results_path(settings, prefix)
     if out.suffix != ".json":
         raise HfspecError(f"--out must name a .json file, got {out}")
-    results = bench.run_benchmark(settings, name=out.stem, command=command)
+    results = kind.run_benchmark(settings, name=out.stem, command=command)
     bench.write_results(results, out)
-    bench.print_report(results)
+    kind.print_report(results)
     print(f"results: {out}")
     markdown = args.markdown or (None if settings.tiny else str(DEFAULT_MARKDOWN))
     if markdown and not args.no_markdown:
         key = bench.section_key(out, markdown)
-        path = bench.update_markdown(markdown, key, bench.render_section(results, key))
+        path = bench.update_markdown(markdown, key, kind.render_section(results, key))
         print(f"markdown: {path}")
     return 0
 
 
-def default_results_path(settings: bench.BenchSettings) -> pathlib.Path:
+def default_results_path(settings: bench.BenchSettings, prefix: str = "") -> pathlib.Path:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     models = "tiny" if settings.tiny else "qwen2.5-coder-1.5b-0.5b"
-    return bench.REPO_ROOT / "benchmarks" / "results" / f"{stamp}-{models}.json"
+    return bench.REPO_ROOT / "benchmarks" / "results" / f"{stamp}-{prefix}{models}.json"
 
 
 def cmd_demo(args: argparse.Namespace, command: str) -> int:
@@ -275,10 +304,14 @@ def cmd_render(args: argparse.Namespace, command: str) -> int:
     if not path.is_file():
         raise HfspecError(f"results file {path} not found")
     results = json.loads(path.read_text())
-    if results.get("schema") != bench.SCHEMA:
-        raise HfspecError(f"{path} is not an hfspec bench results file (schema {results.get('schema')!r})")
+    renderers = {bench.SCHEMA: bench.render_section, bench_batch.SCHEMA: bench_batch.render_section}
+    render = renderers.get(results.get("schema"))
+    if render is None:
+        raise HfspecError(
+            f"{path} is not an hfspec bench or bench-batch results file (schema {results.get('schema')!r})"
+        )
     key = bench.section_key(path, args.markdown)
-    print(f"markdown: {bench.update_markdown(args.markdown, key, bench.render_section(results, key))}")
+    print(f"markdown: {bench.update_markdown(args.markdown, key, render(results, key))}")
     return 0
 
 

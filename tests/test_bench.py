@@ -10,8 +10,8 @@ import json
 import pytest
 import torch
 
-from hfspec import bench, cli
-from hfspec.testing import tiny_model
+from hfspec import bench, bench_batch, cli
+from hfspec.testing import tiny_model, tiny_tokenizer
 
 MODES = ("greedy", "sample")
 PROMPTS = ("json", "edit")
@@ -201,3 +201,167 @@ def test_cli_errors_are_clear(capsys, tmp_path):
     )
     assert "unknown prompt" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+# --------------------------------------------------------------------------- bench-batch
+BATCH_REPEATS = 2
+BATCH_TOKENS = 8
+
+
+@pytest.fixture(scope="module")
+def tiny_batch_run(tmp_path_factory):
+    """`hfspec bench-batch --tiny` end to end: 3 prompts of different lengths, batch 1 vs batch 3."""
+    tmp = tmp_path_factory.mktemp("bench_batch")
+    out, markdown = tmp / "results" / "batch.json", tmp / "BENCHMARKS.md"
+    threads = torch.get_num_threads()
+    try:
+        rc = cli.main(
+            [
+                "bench-batch",
+                "--tiny",
+                "--max-new-tokens",
+                str(BATCH_TOKENS),
+                "--repeats",
+                str(BATCH_REPEATS),
+                "--threads",
+                "1",
+                "--no-progress",
+                "--out",
+                str(out),
+                "--markdown",
+                str(markdown),
+            ]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    return out, markdown, json.loads(out.read_text())
+
+
+def test_batch_results_structure(tiny_batch_run):
+    _, _, results = tiny_batch_run
+    assert results["schema"] == bench_batch.SCHEMA
+    assert results["command"].startswith("hfspec bench-batch --tiny")
+    assert results["machine"]["torch_threads"] == 1
+    assert tuple(results["settings"]["configs"]) == bench_batch.CONFIGS
+    assert results["generation"]["do_sample"] is False
+    lengths = [p["num_tokens"] for p in results["prompts"].values()]
+    assert len(set(lengths)) == len(lengths) == 3  # different lengths: the batch is really padded
+    assert results["batch"] == {
+        "size": 3,
+        "padding_side": "left",
+        "padded_length": max(lengths),
+        "pad_token_id": 0,
+    }
+
+    runs = results["runs"]
+    assert len(results["warmup"]) == len(bench_batch.CONFIGS) * len(bench_batch.WAYS)
+    assert sorted((r["config"], r["way"], r["repeat"]) for r in runs) == sorted(
+        (c, w, k) for c in bench_batch.CONFIGS for w in bench_batch.WAYS for k in range(BATCH_REPEATS)
+    )
+    for run in runs:
+        assert run["calls"] == (1 if run["way"] == "batched" else 3)
+        assert set(run["rows"]) == set(results["prompts"])
+        assert all(1 <= len(ids) <= BATCH_TOKENS for ids in run["rows"].values())
+        assert run["new_tokens"] == sum(len(ids) for ids in run["rows"].values())
+        assert run["wall_s"] > 0 and run["target_forwards"] >= 1
+        if run["config"] == "hf_plain":
+            assert run["spec"] is None
+            lengths = [len(ids) for ids in run["rows"].values()]  # one forward per token, per call
+            assert run["target_forwards"] == (max(lengths) if run["way"] == "batched" else sum(lengths))
+        else:
+            assert run["spec"]["target_forwards"] == run["target_forwards"]  # hook and SpecStats agree
+
+    assert [row["config"] for row in results["summary"]] == list(bench_batch.CONFIGS)
+    for row in results["summary"]:
+        for way in bench_batch.WAYS:
+            assert row[way]["runs"] == BATCH_REPEATS and row[way]["tokens_per_s"] > 0
+        assert row["batched_over_sequential"] == pytest.approx(
+            row["batched"]["tokens_per_s"] / row["sequential"]["tokens_per_s"]
+        )
+        spec = row["config"] != "hf_plain"
+        assert (row["batched"]["tau"] is not None) is spec and (
+            row["batched"]["acceptance_rate"] is not None
+        ) is spec
+
+
+def test_batch_identity_checks_all_pass(tiny_batch_run):
+    _, _, results = tiny_batch_run
+    assert results["all_identical"] is True
+    assert results["checks"] == {"batched_equals_sequential": True, "equals_hf_plain": True, "mismatches": []}
+    for row in results["summary"]:
+        assert row["identical_across_batch"] is True and row["identical_to_plain"] is True
+    for run in results["runs"]:
+        assert all(run["same_as_plain"].values())
+        if run["way"] == "batched":
+            assert all(run["same_as_sequential"].values())
+        else:
+            assert run["same_as_sequential"] is None
+
+
+def test_batch_markdown_section_and_render(tiny_batch_run):
+    out, md, results = tiny_batch_run
+    text = md.read_text()
+    assert text.count("<!-- hfspec-bench:begin results/batch.json -->") == 1
+    assert f"Command: `{results['command']}`" in text and "| hfspec_lookup | batch of 3 |" in text
+    assert cli.main(["render", str(out), "--markdown", str(md)]) == 0
+    assert md.read_text() == text  # re-rendering replaces the section with the same bytes
+
+
+def _plain_outputs(workload: bench.Workload, max_new_tokens: int) -> list[list[int]]:
+    outputs = []
+    for prompt in workload.prompts:
+        out = workload.target.generate(
+            input_ids=prompt.input_ids,
+            attention_mask=torch.ones_like(prompt.input_ids),
+            **bench.generation_kwargs("greedy", bench.BenchSettings(), workload, max_new_tokens),
+        )
+        outputs.append(out[0, prompt.input_ids.shape[1] :].tolist())
+    return outputs
+
+
+def test_batch_rows_stopping_at_different_steps_stay_identical():
+    """A stop token that ends each row at a different step: finished rows must not disturb the others."""
+    settings = bench.BenchSettings(
+        tiny=True, max_new_tokens=12, configs=bench_batch.CONFIGS, warmup_tokens=2, threads=1, progress=False
+    )
+    workload = bench.tiny_workload(settings)
+    outputs = _plain_outputs(workload, settings.max_new_tokens)
+
+    def stop_lengths(token: int) -> list[int]:
+        return [o.index(token) + 1 if token in o else len(o) for o in outputs]
+
+    token = next(t for o in outputs for t in o if len(set(stop_lengths(t))) == len(outputs))
+    workload.eos_token_ids = [*workload.eos_token_ids, token]
+
+    results = bench_batch.run_benchmark(settings, name="stops", command="test", workload=workload)
+    assert results["all_identical"] is True, results["checks"]["mismatches"]
+    for run in results["runs"]:
+        assert [len(ids) for ids in run["rows"].values()] == stop_lengths(token)
+
+
+def test_left_pad_matches_the_tokenizer_left_padding():
+    prompts = [bench.Prompt(n, torch.tensor([ids]), kind="") for n, ids in (("a", [5, 6]), ("b", [7, 8, 9]))]
+    expected = tiny_tokenizer().pad(
+        {"input_ids": [[5, 6], [7, 8, 9]]}, padding_side="left", return_tensors="pt"
+    )
+    ids, mask = bench_batch.left_pad(prompts, pad_token_id=0)
+    assert torch.equal(ids, expected["input_ids"]) and torch.equal(mask, expected["attention_mask"])
+
+
+def test_batch_schedule_alternates_and_rotates():
+    settings = bench.BenchSettings(repeats=6, configs=bench_batch.CONFIGS)
+    plan = bench_batch.schedule(settings)
+    groups = [plan[i : i + 6] for i in range(0, len(plan), 6)]
+    assert all(
+        sorted((c, w) for _, c, w in g)
+        == sorted((c, w) for c in bench_batch.CONFIGS for w in bench_batch.WAYS)
+        for g in groups
+    )
+    assert len({g[0][1:] for g in groups}) == 6  # every (config, way) runs first once
+
+
+def test_bench_batch_rejects_hf_speculative_configs(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["bench-batch", "--tiny", "--configs", "hf_assisted"])
+    assert "choose from" in capsys.readouterr().err
