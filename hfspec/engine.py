@@ -1,4 +1,4 @@
-"""THE decode loop, shared by every strategy: prefill, propose, verify, accept, commit, stop.
+"""THE decode loop, shared by every strategy: propose, verify, accept, commit, stop, stream.
 
 Batch layout (why it looks like this: docs/design.md "Batching"). Rows accept different
 numbers of drafts per step. Instead of re-packing caches per row, every row keeps the same
@@ -46,6 +46,15 @@ class SpecStats:
     row_steps: int = 0  # (row, verify step) pairs in which the row was still generating
     per_step_emitted: list[int] = field(default_factory=list, repr=False)
 
+    def record(self, num_drafts, accepted, kept, active) -> None:
+        """Add one verify step: per-row draft counts, accepted counts, committed counts (B,)."""
+        self.target_forwards += 1
+        self.drafted += int(num_drafts[active].sum())
+        self.accepted += int(accepted[active].sum())
+        self.emitted += int(kept.sum())
+        self.row_steps += int(active.sum())
+        self.per_step_emitted.append(int(kept.sum()))
+
     @property
     def tokens_per_step(self) -> float:
         """tau: committed tokens per target forward per row."""
@@ -54,6 +63,45 @@ class SpecStats:
     @property
     def acceptance_rate(self) -> float:
         return self.accepted / max(self.drafted, 1)
+
+
+@dataclass
+class SlotLayout:
+    """The target KV-cache slots, shared by every row (module docstring: "Batch layout")."""
+
+    tokens: torch.Tensor  # (B, S) token held by each slot (junk where masked)
+    mask: torch.Tensor  # (B, S) 1 where the slot belongs to the row's sequence
+    pending: torch.Tensor  # (B,) last committed token, in no cache yet
+
+    @classmethod
+    def for_prompt(cls, input_ids: torch.Tensor, mask: torch.Tensor) -> SlotLayout:
+        """No separate prefill: the last prompt token is pending, the rest are slots not yet seen."""
+        return cls(input_ids[:, :-1], mask[:, :-1], input_ids[:, -1])
+
+    def verify_inputs(self, drafts: torch.Tensor, seen: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask, position_ids) to read unseen slots + pending + drafts."""
+        step = torch.cat([self.pending[:, None], drafts], dim=1)
+        mask = torch.cat([self.mask, torch.ones_like(step)], dim=1)
+        return torch.cat([self.tokens[:, seen:], step], dim=1), mask, position_ids(mask)[:, seen:]
+
+    def advance(self, drafts: torch.Tensor, accepted: torch.Tensor, next_token: torch.Tensor) -> int:
+        """Keep pending + the longest row's accepted drafts as slots, masking what shorter rows
+        rejected; ``next_token`` becomes pending. Returns the new number of slots."""
+        longest = int(accepted.max()) if accepted.numel() else 0
+        step = torch.cat([self.pending[:, None], drafts], dim=1)[:, : longest + 1]
+        valid = (torch.arange(longest + 1)[None, :] <= accepted[:, None]).long().to(self.mask.device)
+        self.tokens = torch.cat([self.tokens, step], dim=1)
+        self.mask = torch.cat([self.mask, valid], dim=1)
+        self.pending = next_token
+        return self.mask.shape[1]
+
+
+def accept(scores, drafts, num_drafts, draft_probs, do_sample: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The acceptance rule for this call: greedy on scores, or speculative sampling on softmax."""
+    if not do_sample:
+        return acceptance.greedy_accept(drafts, num_drafts, scores)
+    q = draft_probs[:, : drafts.shape[1]].to(scores.device) if draft_probs is not None else None
+    return acceptance.speculative_accept(drafts, num_drafts, q, torch.softmax(scores, dim=-1))
 
 
 class _Committer:
@@ -131,11 +179,8 @@ def speculative_generate(
     starts = mask.argmax(dim=-1).cpu()
     committer = _Committer(ids, lengths, stopping_criteria, streamer, want_scores)
 
-    # No separate prefill: the last prompt token is "pending" and the rest of the prompt is
-    # caught up inside the first verify forward, together with the first drafts (one target
-    # weight pass saved per call). Every later step catches up nothing.
     cache = DynamicCache(config=model.config)
-    slot_tokens, slot_mask, pending = input_ids[:, :-1], mask[:, :-1], input_ids[:, -1]
+    layout = SlotLayout.for_prompt(input_ids, mask)
     session = strategy.start(
         SessionContext(
             target=model,
@@ -149,47 +194,24 @@ def speculative_generate(
     while not bool(committer.finished.all()):
         active = ~committer.finished
         max_drafts = torch.where(active, (max_length - lengths - 1).clamp_min(0), torch.zeros_like(lengths))
-        view = StepView(ids, lengths, starts, slot_tokens, slot_mask, pending, max_drafts)
-        proposal = session.propose(view)
-        num_drafts = torch.minimum(proposal.lengths.cpu(), max_drafts)
-        k = int(num_drafts.max()) if batch else 0
-        drafts = proposal.ids[:, :k].to(device)
-
-        seen = cache_length(cache)
-        tokens = torch.cat([pending[:, None], drafts], dim=1)
-        verify_mask = torch.cat([slot_mask, torch.ones_like(tokens)], dim=1)
-        positions = position_ids(verify_mask)[:, seen:]
-        logits = forward(
-            model, torch.cat([slot_tokens[:, seen:], tokens], dim=1), verify_mask, positions, cache, keep=k + 1
+        proposal = session.propose(
+            StepView(ids, lengths, starts, layout.tokens, layout.mask, layout.pending, max_drafts)
         )
-        scores = processor(ids, lengths, drafts, logits)
-        stats.target_forwards += 1
+        num_drafts = torch.minimum(proposal.lengths.cpu(), max_drafts)
+        drafts = proposal.ids[:, : int(num_drafts.max()) if batch else 0].to(device)
+        k = drafts.shape[1]
 
-        if do_sample:
-            draft_probs = proposal.probs[:, :k].to(scores.device) if proposal.probs is not None else None
-            probs = torch.softmax(scores, dim=-1)
-            n_acc, next_token = acceptance.speculative_accept(drafts, num_drafts, draft_probs, probs)
-        else:
-            n_acc, next_token = acceptance.greedy_accept(drafts, num_drafts, scores)
+        tokens, verify_mask, positions = layout.verify_inputs(drafts, seen=cache_length(cache))
+        scores = processor(ids, lengths, drafts, forward(model, tokens, verify_mask, positions, cache, keep=k + 1))
+        n_acc, next_token = accept(scores, drafts, num_drafts, proposal.probs, do_sample)
 
-        emitted = torch.cat([drafts, torch.zeros_like(next_token)[:, None]], dim=1)
-        emitted.scatter_(1, n_acc[:, None], next_token[:, None])
-        kept = committer.commit(emitted, (n_acc + 1).cpu(), scores)
-        stats.drafted += int(num_drafts[active].sum())
-        stats.accepted += int(n_acc.cpu()[active].sum())
-        stats.emitted += int(kept.sum())
-        stats.row_steps += int(active.sum())
-        stats.per_step_emitted.append(int(kept.sum()))
+        emitted = torch.cat([drafts, next_token[:, None]], dim=1).scatter(1, n_acc[:, None], next_token[:, None])
+        n_acc = n_acc.cpu()
+        kept = committer.commit(emitted, n_acc + 1, scores)
+        stats.record(num_drafts, n_acc, kept, active)
 
-        # Keep the longest row's accepted slots; mask what shorter rows rejected.
-        accepted = torch.where(active, n_acc.cpu(), torch.zeros_like(n_acc.cpu()))
-        longest = int(accepted.max())
-        kept_slots = slot_mask.shape[1] + 1 + longest
+        kept_slots = layout.advance(drafts, torch.where(active, n_acc, torch.zeros_like(n_acc)), next_token)
         crop_to(cache, kept_slots)
-        new_valid = (torch.arange(longest + 1)[None, :] <= accepted[:, None]).long().to(device)
-        slot_mask = torch.cat([slot_mask, new_valid], dim=1)
-        slot_tokens = torch.cat([slot_tokens, tokens[:, : longest + 1]], dim=1)
-        pending = next_token
         session.on_commit(kept_slots)
 
     if streamer is not None:
