@@ -87,6 +87,33 @@ def tiny_tokenizer(vocab_size: int = 64):
     return tok
 
 
+# Characters and a few merged pieces: enough for JSON, regexes and EBNF over a tiny vocabulary.
+_JSON_CHARS = list('{}[]":, ') + list("0123456789") + list("abcdefxyzlnrstu") + ["\n", "-", "."]
+_JSON_MERGES = [("{", '"'), ('"', ":"), ('"', ","), ('"', "}"), (":", " "), (",", " "), ("a", "b"), ("1", "2"),
+                ("}", "\n"), ("ab", "c"), ('":', " ")]
+JSON_SPECIALS = ("<pad>", "</s>", "<unk>")
+
+
+def tiny_json_tokenizer():
+    """A BPE tokenizer (<= 64 tokens) over JSON characters plus merged pieces like '{"' and '": '.
+
+    ids 0/1/2 are pad/eos/unk, matching ``tiny_model``'s pad 0 and eos 1, so a tiny model and
+    xgrammar can run grammar-constrained decoding end to end without a hub. Several token
+    sequences spell the same text (as in real BPE vocabularies), which is what makes masks,
+    jump-forward and rollback non-trivial.
+    """
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    pieces = list(JSON_SPECIALS) + _JSON_CHARS + ["".join(m) for m in _JSON_MERGES] + ["true", "false", "null"]
+    vocab = {piece: i for i, piece in enumerate(pieces)}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=_JSON_MERGES, unk_token="<unk>"))
+    core.decoder = decoders.Fuse()  # tokens are raw text: join without spaces
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    tok.padding_side = "left"
+    return tok
+
+
 def perturbed_copy(model: PreTrainedModel, scale: float = 0.05, seed: int = 1) -> PreTrainedModel:
     """A draft that agrees with ``model`` often but not always: weights plus Gaussian noise."""
     draft = copy.deepcopy(model)
@@ -95,3 +122,29 @@ def perturbed_copy(model: PreTrainedModel, scale: float = 0.05, seed: int = 1) -
         for param in draft.parameters():
             param.add_(torch.randn(param.shape, generator=gen, dtype=param.dtype) * scale)
     return draft
+
+
+def load_tokenizer_dir(path) -> object:
+    """Load a tokenizer saved as ``tokenizer.json.gz`` + ``tokenizer_config.json`` (tests/data).
+
+    The repository carries the Qwen2.5-Coder tokenizer this way (2 MB instead of the 491 MB
+    GGUF it was extracted from by ``hfspec.models.load_tokenizer``) so grammar conformance runs
+    against the real vocabulary in CI. ``tests/test_models.py`` checks the copy is identical.
+    """
+    import gzip
+    import json
+    import pathlib
+
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    path = pathlib.Path(path)
+    with gzip.open(path / "tokenizer.json.gz", "rt", encoding="utf-8") as handle:
+        core = Tokenizer.from_str(handle.read())
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    specials = {k: config[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token") if config.get(k)}
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, **specials)
+    template = path / "chat_template.jinja"
+    if template.exists():
+        tok.chat_template = template.read_text()
+    return tok

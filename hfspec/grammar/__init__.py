@@ -1,0 +1,5 @@
+"""Grammar-constrained decoding through xgrammar: specs, compilation, per-row matchers."""
+
+from hfspec.grammar.specs import EBNF, JSON, GrammarSpec, JSONSchema, Lark, Regex, StructuralTag
+
+__all__ = ["EBNF", "JSON", "GrammarSpec", "JSONSchema", "Lark", "Regex", "StructuralTag"]

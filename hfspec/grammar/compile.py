@@ -1,0 +1,132 @@
+"""Compile specs with xgrammar, once per (tokenizer, vocabulary width, grammar).
+
+Compiling a JSON schema costs milliseconds to seconds and its token masks are what xgrammar
+precomputes, so both the per-tokenizer ``GrammarCompiler`` and each ``CompiledGrammar`` are
+cached here. xgrammar raises bare ``RuntimeError`` with C++ locations; every failure leaves
+this module as a ``GrammarError`` that says which grammar and why.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+from hfspec.exceptions import GrammarError, UnenforcedSchemaError
+from hfspec.grammar.specs import GrammarSpec, JSONSchema
+
+_MAX_TOKENIZERS = 8
+_MAX_GRAMMARS = 256
+_compilers: OrderedDict[tuple, tuple[Any, Any]] = OrderedDict()  # key -> (tokenizer kept alive, compiler)
+_compiled: OrderedDict[tuple, Any] = OrderedDict()
+
+
+def _xgr():
+    try:
+        import xgrammar
+    except ImportError as err:
+        raise GrammarError('grammar= needs xgrammar: pip install "hfspec[grammar]"') from err
+    return xgrammar
+
+
+def tokenizer_key(tokenizer: Any, vocab_size: int) -> tuple:
+    return (id(tokenizer), int(vocab_size))
+
+
+def compiler_for(tokenizer: Any, vocab_size: int):
+    """The cached ``xgrammar.GrammarCompiler`` for this tokenizer and lm-head width."""
+    xgr = _xgr()
+    key = tokenizer_key(tokenizer, vocab_size)
+    if key in _compilers:
+        _compilers.move_to_end(key)
+        return _compilers[key][1]
+    if len(tokenizer) > vocab_size:
+        raise GrammarError(
+            f"The tokenizer has {len(tokenizer)} tokens but the model's vocabulary is {vocab_size} wide: "
+            "the grammar's tokenizer is not this model's. Pass the model's own tokenizer."
+        )
+    try:
+        info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
+    except Exception as err:  # xgrammar rejects tokenizers it cannot read
+        raise GrammarError(f"xgrammar cannot read tokenizer {type(tokenizer).__name__}: {err}") from err
+    compiler = xgr.GrammarCompiler(info, max_threads=1)
+    _compilers[key] = (tokenizer, compiler)
+    if len(_compilers) > _MAX_TOKENIZERS:
+        _compilers.popitem(last=False)
+    return compiler
+
+
+def check_enforceable(spec: GrammarSpec) -> list[tuple[str, str]]:
+    """Schema keywords the mask cannot enforce; raises if the spec asked for ``unenforced='error'``."""
+    if not isinstance(spec, JSONSchema):
+        return []
+    from hfspec.grammar.unenforced import unenforced_keywords
+
+    found = unenforced_keywords(spec.json_schema)
+    if found and spec.unenforced == "error":
+        listed = ", ".join(f"{kw!r} at {path or '/'}" for path, kw in found[:8])
+        raise UnenforcedSchemaError(
+            f"The schema uses keywords the token mask cannot enforce: {listed}. Outputs could violate them. "
+            "Use JSONSchema(..., unenforced='validate') to check every output with jsonschema instead, "
+            "or remove the keywords."
+        )
+    return found
+
+
+def compile_spec(spec: GrammarSpec, tokenizer: Any, vocab_size: int):
+    """The cached ``xgrammar.CompiledGrammar`` of ``spec`` for this tokenizer and width."""
+    if not isinstance(spec, GrammarSpec):
+        raise GrammarError(
+            f"grammar= must be an hfspec grammar spec (hfspec.JSONSchema, Regex, EBNF, Lark, StructuralTag, JSON); "
+            f"got {type(spec).__name__}."
+        )
+    check_enforceable(spec)
+    key = (tokenizer_key(tokenizer, vocab_size), spec.cache_key())
+    if key in _compiled:
+        _compiled.move_to_end(key)
+        return _compiled[key]
+    compiled = _compile(spec, compiler_for(tokenizer, vocab_size))
+    _compiled[key] = compiled
+    if len(_compiled) > _MAX_GRAMMARS:
+        _compiled.popitem(last=False)
+    return compiled
+
+
+def _compile(spec: GrammarSpec, compiler):
+    try:
+        return spec.compile_with(compiler)
+    except GrammarError:
+        raise
+    except Exception as err:
+        message = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        message = message.split("] ", 1)[-1] if message.startswith("[") else message
+        raise GrammarError(f"{type(spec).__name__} could not be compiled: {message}") from err
+
+
+_text_compiler = None
+
+
+def text_matches(spec: GrammarSpec, text: str) -> bool:
+    """Whether ``text`` is a complete sentence of ``spec`` (character level, no tokenizer)."""
+    global _text_compiler
+    xgr = _xgr()
+    if _text_compiler is None:
+        _text_compiler = xgr.GrammarCompiler(xgr.TokenizerInfo([]), max_threads=1)
+    matcher = xgr.GrammarMatcher(_compile(spec, _text_compiler), terminate_without_stop_token=True)
+    return bool(matcher.accept_string(text)) and bool(matcher.is_completed())
+
+
+def resolve_tokenizer(spec: GrammarSpec, call_tokenizer: Any) -> Any:
+    """The tokenizer the grammar is compiled for: the spec's or the call's; they must agree."""
+    own = spec.tokenizer
+    if own is None and call_tokenizer is None:
+        raise GrammarError(
+            "grammar= needs the model's tokenizer: pass tokenizer=tok to generate() "
+            f"(as for stop_strings) or build the spec with {type(spec).__name__}(..., tokenizer=tok)."
+        )
+    if own is not None and call_tokenizer is not None and own is not call_tokenizer:
+        if own.get_vocab() != call_tokenizer.get_vocab():
+            raise GrammarError(
+                "The grammar spec was built for a different tokenizer than the tokenizer= of this call "
+                "(their vocabularies differ); pass one tokenizer."
+            )
+    return own if own is not None else call_tokenizer
