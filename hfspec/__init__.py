@@ -7,18 +7,42 @@
 
 from hfspec.api import disable, enable, generate, is_enabled
 from hfspec.engine import SpecStats
-from hfspec.exceptions import ConfigurationError, HfspecError, IncompatibleDraftError, ModelPackageError
-from hfspec.proposers import DraftModel, PromptLookup
+from hfspec.exceptions import (
+    ConfigurationError,
+    GrammarError,
+    GrammarValidationError,
+    HfspecError,
+    IncompatibleDraftError,
+    IncompleteOutputError,
+    ModelPackageError,
+    UnenforcedSchemaError,
+)
+from hfspec.grammar import EBNF, JSON, JSONSchema, Lark, Regex, StructuralTag
+from hfspec.grammar.call import GrammarDecoderOnlyOutput, IncompleteOutputWarning
+from hfspec.proposers import DraftModel, JumpForward, PromptLookup
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "EBNF",
+    "JSON",
     "ConfigurationError",
     "DraftModel",
+    "GrammarDecoderOnlyOutput",
+    "GrammarError",
+    "GrammarValidationError",
     "HfspecError",
     "IncompatibleDraftError",
+    "IncompleteOutputError",
+    "IncompleteOutputWarning",
+    "JSONSchema",
+    "JumpForward",
+    "Lark",
     "ModelPackageError",
     "PromptLookup",
+    "Regex",
+    "StructuralTag",
+    "UnenforcedSchemaError",
     "SpecStats",
     "disable",
     "enable",

@@ -21,8 +21,11 @@ from transformers.generation.configuration_utils import GenerationMode
 from transformers.generation.utils import GENERATION_MODES_MAPPING
 
 from hfspec.engine import SpecStats, speculative_generate
+from hfspec.engine_utils import lm_head_width
 from hfspec.exceptions import ConfigurationError
-from hfspec.proposers.base import Strategy
+from hfspec.grammar import call as grammar_call
+from hfspec.grammar.specs import GrammarSpec
+from hfspec.proposers.base import NoDrafts, Strategy
 
 # Model kwargs transformers itself prepares for a decoder-only call; anything else is refused
 # rather than silently dropped.
@@ -40,30 +43,48 @@ def generate(
     streamer: Any = None,
     assistant_strategy: Strategy | None = None,
     speculation_stats: SpecStats | None = None,
+    grammar: GrammarSpec | None = None,
+    tokenizer: Any = None,
+    on_incomplete: str = "error",
     **model_kwargs: Any,
 ):
     """Decoding method for ``model.generate(..., custom_generate=hfspec.generate, assistant_strategy=...)``.
 
-    Without ``assistant_strategy`` it runs the method plain HF generate would have run.
-    ``speculation_stats`` (an ``hfspec.SpecStats``) is filled with acceptance counters.
+    Without ``assistant_strategy`` and ``grammar`` it runs the method plain HF generate would have
+    run. ``speculation_stats`` (an ``hfspec.SpecStats``) is filled with acceptance counters.
+    ``grammar`` (``hfspec.JSONSchema(...)``, ``Regex``, ...) constrains every row, with or without
+    a strategy; ``on_incomplete`` ("error" | "flag") says what happens to rows that end before
+    their grammar does (hfspec.grammar.call).
     """
     generation_config = generation_config if generation_config is not None else model.generation_config
     stopping_criteria = stopping_criteria if stopping_criteria is not None else StoppingCriteriaList()
-    streamer = streamer if streamer is not None else _streamer_from_hf_caller()
-    if assistant_strategy is None:
+    streamer = streamer if streamer is not None else _from_hf_caller("streamer")
+    if assistant_strategy is None and grammar is None:
         return _plain_hf(model, input_ids, logits_processor, stopping_criteria, generation_config, streamer, model_kwargs)
-    validate_call(model, input_ids, generation_config, assistant_strategy, model_kwargs, streamer)
-    return speculative_generate(
+    strategy = assistant_strategy if assistant_strategy is not None else NoDrafts()
+    validate_call(model, input_ids, generation_config, strategy, model_kwargs, streamer)
+    constrained = None
+    if grammar is not None:
+        tokenizer = tokenizer if tokenizer is not None else _from_hf_caller("tokenizer")
+        constrained = grammar_call.prepare(
+            grammar, tokenizer, lm_head_width(model), generation_config, input_ids.shape[0], on_incomplete
+        )
+    elif getattr(strategy, "needs_grammar", False):
+        raise ConfigurationError(f"{strategy!r} needs grammar= in the same generate() call.")
+    result = speculative_generate(
         model,
         input_ids,
         model_kwargs.get("attention_mask"),
         generation_config,
         logits_processor,
         stopping_criteria,
-        assistant_strategy,
+        strategy,
         streamer=streamer,
         stats=speculation_stats,
+        grammar=constrained.rows if constrained is not None else None,
+        tokenizer=constrained.tokenizer if constrained is not None else tokenizer,
     )
+    return grammar_call.finish(constrained, result, input_ids.shape[1]) if constrained is not None else result
 
 
 def validate_strategy(strategy: Any) -> None:
@@ -88,8 +109,8 @@ def validate_call(
         raise ConfigurationError("hfspec speculative decoding supports decoder-only models only.")
     if generation_config.num_beams > 1:
         raise ConfigurationError(
-            f"assistant_strategy cannot be combined with beam search (num_beams={generation_config.num_beams}); "
-            "use num_beams=1, or drop assistant_strategy."
+            f"assistant_strategy / grammar cannot be combined with beam search (num_beams={generation_config.num_beams}); "
+            "use num_beams=1, or drop assistant_strategy / grammar."
         )
     mode = generation_config.get_generation_mode()
     if mode not in _SPECULATIVE_MODES:
@@ -143,15 +164,15 @@ def _plain_hf(model, input_ids, logits_processor, stopping_criteria, generation_
     )
 
 
-def _streamer_from_hf_caller() -> Any:
-    """transformers hands the streamer to built-in methods only; read it from its generate frame."""
+def _from_hf_caller(name: str) -> Any:
+    """transformers hands ``streamer``/``tokenizer`` to built-in methods only; read them from its generate frame."""
     frame = sys._getframe(1)
     for _ in range(4):
         frame = frame.f_back
         if frame is None:
             return None
         if frame.f_code.co_name == "generate" and "custom_generate" in frame.f_locals:
-            return frame.f_locals.get("streamer")
+            return frame.f_locals.get(name)
     return None
 
 
@@ -159,12 +180,13 @@ def _streamer_from_hf_caller() -> Any:
 _hf_generate = None
 
 
-def _generate_with_strategy(self, args, kwargs, strategy, stats):
-    validate_strategy(strategy)
+def _generate_with_strategy(self, args, kwargs, strategy, stats, grammar, on_incomplete):
+    if strategy is not None:
+        validate_strategy(strategy)
     if kwargs.get("custom_generate") is generate:
         kwargs.pop("custom_generate")
     if kwargs.get("custom_generate") is not None:
-        raise ConfigurationError("Pass either custom_generate= or assistant_strategy=, not both.")
+        raise ConfigurationError("Pass either custom_generate= or assistant_strategy= / grammar=, not both.")
     if kwargs.get("assistant_model") is not None or kwargs.get("prompt_lookup_num_tokens") is not None:
         raise ConfigurationError(
             "assistant_strategy replaces HF's assistant_model= / prompt_lookup_num_tokens=; pass only one of them."
@@ -181,19 +203,27 @@ def _generate_with_strategy(self, args, kwargs, strategy, stats):
         criteria.append(StopStringCriteria(tokenizer=tokenizer, stop_strings=stop_strings))
         kwargs["stopping_criteria"] = criteria
     decode = functools.partial(
-        generate, assistant_strategy=strategy, speculation_stats=stats, streamer=kwargs.get("streamer")
+        generate,
+        assistant_strategy=strategy,
+        speculation_stats=stats,
+        streamer=kwargs.get("streamer"),
+        grammar=grammar,
+        tokenizer=tokenizer,
+        on_incomplete=on_incomplete,
     )
     return _hf_generate(self, *args, custom_generate=decode, **kwargs)
 
 
-def _patched_generate(self, *args, assistant_strategy=None, speculation_stats=None, **kwargs):
-    if assistant_strategy is None:
+def _patched_generate(
+    self, *args, assistant_strategy=None, speculation_stats=None, grammar=None, on_incomplete="error", **kwargs
+):
+    if assistant_strategy is None and grammar is None:
         return _hf_generate(self, *args, **kwargs)
-    return _generate_with_strategy(self, args, kwargs, assistant_strategy, speculation_stats)
+    return _generate_with_strategy(self, args, kwargs, assistant_strategy, speculation_stats, grammar, on_incomplete)
 
 
 def enable() -> None:
-    """Let every ``model.generate`` (and so pipelines) accept ``assistant_strategy=``. Idempotent."""
+    """Let every ``model.generate`` (and so pipelines) accept ``assistant_strategy=`` and ``grammar=``. Idempotent."""
     global _hf_generate
     if _hf_generate is None:
         _hf_generate = GenerationMixin.generate

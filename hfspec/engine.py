@@ -30,6 +30,7 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 from hfspec import acceptance
 from hfspec.cache import cache_length, crop_to
 from hfspec.engine_utils import forward, lm_head_width, position_ids
+from hfspec.grammar.rows import GrammarRows
 from hfspec.processors import PrefixProcessor
 from hfspec.proposers.base import SessionContext, StepView, Strategy
 
@@ -159,8 +160,15 @@ def speculative_generate(
     *,
     streamer=None,
     stats: SpecStats | None = None,
+    grammar: GrammarRows | None = None,
+    tokenizer=None,
 ) -> torch.Tensor | GenerateDecoderOnlyOutput:
-    """Run lossless speculative decoding; inputs are already validated by ``hfspec.api``."""
+    """Run lossless speculative decoding; inputs are already validated by ``hfspec.api``.
+
+    With ``grammar`` every verified and drafted distribution is masked, drafts are cut at their
+    first ungrammatical token (verification would reject it anyway) and the matchers advance by
+    the committed tokens only.
+    """
     stats = stats if stats is not None else SpecStats()
     stats.calls += 1
     batch, prompt_len = input_ids.shape
@@ -170,7 +178,7 @@ def speculative_generate(
     pad = generation_config._pad_token_tensor
     pad_id = int(pad) if pad is not None else 0
     mask = attention_mask.long() if attention_mask is not None else torch.ones_like(input_ids)
-    processor = PrefixProcessor(logits_processor)
+    processor = PrefixProcessor(logits_processor, grammar=grammar)
     want_scores = bool(generation_config.return_dict_in_generate and generation_config.output_scores)
 
     ids = torch.full((batch, max(max_length, prompt_len + 1)), pad_id, dtype=torch.long, device=device)
@@ -189,6 +197,8 @@ def speculative_generate(
             do_sample=do_sample,
             vocab_size=lm_head_width(model),
             batch_size=batch,
+            grammar=grammar,
+            tokenizer=tokenizer,
         )
     )
     while not bool(committer.finished.all()):
@@ -198,6 +208,8 @@ def speculative_generate(
             StepView(ids, lengths, starts, layout.tokens, layout.mask, layout.pending, max_drafts)
         )
         num_drafts = torch.minimum(proposal.lengths.cpu(), max_drafts)
+        if grammar is not None:
+            num_drafts = torch.minimum(num_drafts, grammar.grammatical_prefix(proposal.ids, num_drafts))
         drafts = proposal.ids[:, : int(num_drafts.max()) if batch else 0].to(device)
         k = drafts.shape[1]
 
@@ -208,6 +220,8 @@ def speculative_generate(
         emitted = torch.cat([drafts, next_token[:, None]], dim=1).scatter(1, n_acc[:, None], next_token[:, None])
         n_acc = n_acc.cpu()
         kept = committer.commit(emitted, n_acc + 1, scores)
+        if grammar is not None:
+            grammar.commit(emitted, kept)
         stats.record(num_drafts, n_acc, kept, active)
 
         kept_slots = layout.advance(drafts, torch.where(active, n_acc, torch.zeros_like(n_acc)), next_token)

@@ -1,11 +1,14 @@
 """Apply HF logits processors at speculative positions, each with its own exact prefix.
 
 HF processors are functions of ``(input_ids, scores)``. At verify position j of row i the
-prefix is the row's committed ids plus its first j drafts; rows have different lengths, so
+prefix is the row's committed ids plus its first j drafts (when drafting, the draft's tokens so
+far); rows have different lengths, so
 rows are grouped by prefix length. Processors may keep per-row state (HF's repetition
 penalty holds one prompt length per row), so every call passes all B rows in order; rows
 outside the group ride along with a truncated prefix and their output is discarded.
 Processors known to ignore ``input_ids`` (temperature, top-k/p, ...) run once for all positions.
+A grammar (``hfspec.grammar.rows.GrammarRows``) masks first, so warpers such as top-p see only
+grammatical tokens, for the target and the draft alike.
 """
 
 from __future__ import annotations
@@ -34,19 +37,24 @@ _POSITION_FREE = tuple(
 class PrefixProcessor:
     """Runs one ``LogitsProcessorList`` over scores whose prefixes are given per row."""
 
-    def __init__(self, processors: LogitsProcessorList | None) -> None:
+    def __init__(self, processors: LogitsProcessorList | None, grammar=None) -> None:
         self.processors = processors if processors is not None else LogitsProcessorList()
+        self.grammar = grammar
         self.position_free = all(isinstance(p, _POSITION_FREE) for p in self.processors)
 
     def __call__(
         self, ids: torch.Tensor, lengths: torch.Tensor, extra: torch.Tensor, scores: torch.Tensor
     ) -> torch.Tensor:
-        """Process ``scores`` (B, n, V): position j of row i has prefix ids[i, :lengths[i]] + extra[i, :j].
+        """Process ``scores`` (B, n, V): position j of row i has prefix ids[i, :lengths[i]] + extra[i, :e-n+1+j]
+        where e = extra.shape[1] >= n - 1 (the last position sees all of ``extra``).
 
-        ``extra`` is (B, >= n-1). Returns float32 scores (B, n, V); the input is not modified.
+        Returns float32 scores (B, n, V); the input is not modified.
         """
         b, n, v = scores.shape
+        offset = extra.shape[1] - (n - 1)
         scores = scores.float()
+        if self.grammar is not None:
+            scores = self.grammar.apply(scores.clone(), extra)
         if len(self.processors) == 0:
             return scores
         if self.position_free:
@@ -59,6 +67,6 @@ class PrefixProcessor:
         for length, rows in groups.items():
             idx = torch.tensor(rows, device=ids.device)
             for j in range(n):
-                prefix = torch.cat([ids[:, :length], extra[:, :j]], dim=1)
+                prefix = torch.cat([ids[:, :length], extra[:, : offset + j]], dim=1)
                 out[idx, j] = self.processors(prefix, scores[:, j].clone())[idx]
         return out

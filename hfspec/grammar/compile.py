@@ -8,6 +8,7 @@ this module as a ``GrammarError`` that says which grammar and why.
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from typing import Any
 
@@ -85,6 +86,7 @@ def compile_spec(spec: GrammarSpec, tokenizer: Any, vocab_size: int):
         _compiled.move_to_end(key)
         return _compiled[key]
     compiled = _compile(spec, compiler_for(tokenizer, vocab_size))
+    _check_satisfiable(spec, compiled, vocab_size)
     _compiled[key] = compiled
     if len(_compiled) > _MAX_GRAMMARS:
         _compiled.popitem(last=False)
@@ -99,7 +101,18 @@ def _compile(spec: GrammarSpec, compiler):
     except Exception as err:
         message = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         message = message.split("] ", 1)[-1] if message.startswith("[") else message
+        message = re.sub(r"^\S+\.(cc|h):\d+: ", "", message)  # drop xgrammar's C++ source location
         raise GrammarError(f"{type(spec).__name__} could not be compiled: {message}") from err
+
+
+def _check_satisfiable(spec: GrammarSpec, compiled, vocab_size: int) -> None:
+    """A grammar that allows no first token (e.g. an empty character class) can never finish."""
+    xgr = _xgr()
+    matcher = xgr.GrammarMatcher(compiled, override_stop_tokens=[0])
+    bitmask = xgr.allocate_token_bitmask(1, vocab_size)
+    matcher.fill_next_token_bitmask(bitmask, 0)
+    if not bool(bitmask.ne(0).any()) and not matcher.is_completed():
+        raise GrammarError(f"{type(spec).__name__} accepts no output at all (unsatisfiable); check the pattern.")
 
 
 _text_compiler = None

@@ -1,7 +1,18 @@
 """One module per way of proposing drafts; all speak the protocol in ``base``."""
 
-from hfspec.proposers.base import Proposal, ProposerSession, SessionContext, StepView, Strategy
+from hfspec.proposers.base import NoDrafts, Proposal, ProposerSession, SessionContext, StepView, Strategy
 from hfspec.proposers.draft_model import DraftModel
+from hfspec.proposers.jump_forward import JumpForward
 from hfspec.proposers.prompt_lookup import PromptLookup
 
-__all__ = ["DraftModel", "PromptLookup", "Proposal", "ProposerSession", "SessionContext", "StepView", "Strategy"]
+__all__ = [
+    "DraftModel",
+    "JumpForward",
+    "NoDrafts",
+    "PromptLookup",
+    "Proposal",
+    "ProposerSession",
+    "SessionContext",
+    "StepView",
+    "Strategy",
+]

@@ -9,7 +9,7 @@ state (e.g. the draft model's KV cache). Each step the engine asks the session f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel
@@ -49,6 +49,8 @@ class SessionContext:
     do_sample: bool
     vocab_size: int  # target distribution width (lm-head width of the target)
     batch_size: int
+    grammar: Any = None  # hfspec.grammar.rows.GrammarRows when the call has grammar=
+    tokenizer: Any = None  # the call's tokenizer, when known
 
 
 @runtime_checkable
@@ -67,3 +69,22 @@ class Strategy(Protocol):
         ...
 
     def start(self, ctx: SessionContext) -> ProposerSession: ...
+
+
+class NoDrafts:
+    """The trivial strategy: never propose (plain decoding through the engine, e.g. for grammar=)."""
+
+    def __repr__(self) -> str:
+        return "NoDrafts()"
+
+    def validate(self, target: PreTrainedModel, generation_config: GenerationConfig) -> None:
+        """Works for any target."""
+
+    def start(self, ctx: SessionContext) -> NoDrafts:
+        return self
+
+    def propose(self, view: StepView) -> Proposal:
+        return Proposal(ids=view.pending.new_zeros((view.pending.shape[0], 0)), lengths=torch.zeros_like(view.max_drafts))
+
+    def on_commit(self, kept_slots: int) -> None:
+        """Nothing cached."""

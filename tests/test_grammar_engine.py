@@ -1,0 +1,270 @@
+"""grammar= inside the engine: identical to masked plain decoding, for every proposer.
+
+The reference is independent of hfspec's matcher code: a HF ``LogitsProcessor`` that re-parses
+each row from scratch with a fresh xgrammar matcher at every step (slow, obviously right) run
+by plain ``model.generate``. Greedy outputs must be token-identical; sampled outputs must follow
+the exactly enumerated masked distribution (chi-square, ALPHA per test), and a planted bug
+(draft positions masked with the committed state) must be rejected by the same test.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import xgrammar as xgr
+from transformers import LogitsProcessor, LogitsProcessorList
+
+import hfspec
+from hfspec import testing_dist
+from hfspec.grammar import call as grammar_call
+from hfspec.grammar.compile import compile_spec
+from hfspec.grammar.rows import GrammarRows
+from hfspec.testing import perturbed_copy, tiny_json_tokenizer, tiny_model
+
+ALPHA = 1e-3
+VOCAB = 64
+EOS = 1
+
+
+class FromScratchMask(LogitsProcessor):
+    """Reference: mask each row by re-parsing its generated tokens with a fresh matcher."""
+
+    def __init__(self, compiled, prompt_len: int) -> None:
+        self.compiled, self.prompt_len = compiled, prompt_len
+
+    def __call__(self, input_ids, scores):
+        scores = scores.float().clone()
+        bitmask = xgr.allocate_token_bitmask(input_ids.shape[0], VOCAB)
+        bitmask.fill_(-1)
+        for row in range(input_ids.shape[0]):
+            matcher = xgr.GrammarMatcher(self.compiled, override_stop_tokens=[EOS])
+            ok = True
+            for token in input_ids[row, self.prompt_len :].tolist():
+                if matcher.is_terminated() or not matcher.accept_token(int(token)):
+                    ok = False
+                    break
+            if ok and not matcher.is_terminated():
+                matcher.fill_next_token_bitmask(bitmask, row)
+        xgr.apply_token_bitmask_inplace(scores, bitmask)
+        return scores
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_json_tokenizer()
+
+
+def grammars(tok):
+    return {
+        "schema": hfspec.JSONSchema(
+            {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"enum": ["x", "yz"]}},
+             "required": ["a", "b"]},
+            any_whitespace=False, tokenizer=tok,
+        ),
+        "regex": hfspec.Regex(r'\{"ab": [0-9]{1,3}, "c": (true|false)\}', tokenizer=tok),
+        "ebnf": hfspec.EBNF('root ::= "[" item ("," item)* "]"\nitem ::= "null" | [0-9]+ | "\\"" [a-f]+ "\\""',
+                            tokenizer=tok),
+    }
+
+
+def strategies(draft):
+    return {
+        "none": None,
+        "lookup": hfspec.PromptLookup(num_tokens=4),
+        "draft": hfspec.DraftModel(draft, num_tokens=4),
+        "jump": hfspec.JumpForward(),
+        "jump+draft": hfspec.JumpForward(hfspec.DraftModel(draft, num_tokens=4)),
+    }
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    out = {}
+    for arch in ("llama", "qwen2"):
+        target = tiny_model(arch, vocab_size=VOCAB, logit_scale=4.0, seed=3)
+        out[arch] = (target, perturbed_copy(target, 0.05))
+    return out
+
+
+def reference(model, ids, mask, spec, tok, max_new):
+    compiled = compile_spec(spec, tok, VOCAB)
+    return model.generate(
+        input_ids=ids, attention_mask=mask, logits_processor=LogitsProcessorList([FromScratchMask(compiled, ids.shape[1])]),
+        max_new_tokens=max_new, do_sample=False,
+    )
+
+
+def run(model, ids, mask, spec, strategy, max_new, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", hfspec.IncompleteOutputWarning)
+        return model.generate(
+            input_ids=ids, attention_mask=mask, custom_generate=hfspec.generate, assistant_strategy=strategy,
+            grammar=spec, max_new_tokens=max_new, do_sample=False, on_incomplete="flag", **kwargs,
+        )
+
+
+PROMPTS = {
+    "single": (torch.tensor([[5, 9, 12, 3, 7]]), None),
+    "batch3": (
+        torch.tensor([[0, 0, 5, 9, 12], [3, 7, 4, 9, 21], [0, 0, 0, 0, 8]]),
+        torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1]]),
+    ),
+}
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("grammar", ["schema", "regex", "ebnf"])
+@pytest.mark.parametrize("prompt", ["single", "batch3"])
+def test_greedy_identical_to_masked_plain_generate(pairs, tok, arch, grammar, prompt):
+    target, draft = pairs[arch]
+    spec = grammars(tok)[grammar]
+    ids, mask = PROMPTS[prompt]
+    expected = reference(target, ids, mask, spec, tok, 24)
+    for name, strategy in strategies(draft).items():
+        out = run(target, ids, mask, spec, strategy, 24)
+        assert out.tolist() == expected.tolist(), (name, tok.batch_decode(out[:, ids.shape[1]:]))
+
+
+def test_completed_outputs_conform_and_report_flags(pairs, tok):
+    target, draft = pairs["llama"]
+    spec = hfspec.JSONSchema(
+        {"type": "object", "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 99},
+                                          "b": {"enum": ["x", "yz"]}}, "required": ["a", "b"]},
+        any_whitespace=False, tokenizer=tok,
+    )
+    ids, mask = PROMPTS["batch3"]
+    out = run(target, ids, mask, spec, hfspec.DraftModel(draft, num_tokens=4), 40, return_dict_in_generate=True)
+    assert isinstance(out, hfspec.GrammarDecoderOnlyOutput)
+    texts = [tok.decode([t for t in row if t not in (0, EOS)]) for row in out.sequences[:, ids.shape[1]:].tolist()]
+    assert out.grammar_complete.all(), texts
+    for text in texts:
+        assert spec.matches(text), text
+        assert spec.parse(text)["b"] in ("x", "yz")
+
+
+def test_incomplete_rows_raise_with_sequences_or_are_flagged(pairs, tok):
+    target, _ = pairs["llama"]
+    spec = grammars(tok)["schema"]
+    ids = PROMPTS["single"][0]
+    with pytest.raises(hfspec.IncompleteOutputError, match="max_new_tokens") as err:
+        target.generate(ids, custom_generate=hfspec.generate, grammar=spec, max_new_tokens=3, do_sample=False)
+    assert err.value.rows == [0] and err.value.sequences.shape == (1, ids.shape[1] + 3)
+    with pytest.warns(hfspec.IncompleteOutputWarning):
+        out = target.generate(ids, custom_generate=hfspec.generate, grammar=spec, max_new_tokens=3, do_sample=False,
+                              on_incomplete="flag", return_dict_in_generate=True)
+    assert out.grammar_complete.tolist() == [False] and out.grammar_valid.tolist() == [False]
+
+
+# ----------------------------------------------------------------------------- sampling
+# Language x[ab]{1,2}zabz: "x" and, after the first "z", "abz" are forced (jump-forward proposes
+# them); "ab" is one token or two, so several token sequences spell the same text, as with real
+# tokenizers, and a forced string has more than one tokenization.
+SAMPLE_REGEX = r"x[ab]{1,2}zabz"
+SAMPLE_PROMPT = [3, 27, 21, 22, 28, 29, 27]  # ids of '{', 'x', 'a', 'b', 'y', 'z', 'x' in the tiny tokenizer
+TEMPERATURE, ROWS, ROUNDS, MAX_NEW = 0.8, 500, 4, 10
+
+
+def exact_masked_distribution(model, compiled) -> dict[tuple[int, ...], float]:
+    """P(token sequence ending in EOS) under masked sampling, by walking every grammatical prefix."""
+    done: dict[tuple[int, ...], float] = {}
+    frontier = {(): 1.0}
+    while frontier:
+        nxt: dict[tuple[int, ...], float] = {}
+        for prefix, prob in frontier.items():
+            matcher = xgr.GrammarMatcher(compiled, override_stop_tokens=[EOS])
+            for token in prefix:
+                assert matcher.accept_token(token)
+            bitmask = xgr.allocate_token_bitmask(1, VOCAB)
+            matcher.fill_next_token_bitmask(bitmask, 0)
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([SAMPLE_PROMPT + list(prefix)])).logits[:, -1].float()
+            xgr.apply_token_bitmask_inplace(logits, bitmask)
+            dist = torch.softmax(logits / TEMPERATURE, dim=-1)[0].double()
+            for token in torch.nonzero(dist > 0).flatten().tolist():
+                cell = prefix + (token,)
+                (done if token == EOS else nxt)[cell] = prob * float(dist[token])
+        frontier = nxt
+    return done
+
+
+def sample_counts(model, spec, strategy) -> dict[tuple[int, ...], int]:
+    counts: dict[tuple[int, ...], int] = {}
+    ids = torch.tensor([SAMPLE_PROMPT] * ROWS)
+    for round_ in range(ROUNDS):
+        torch.manual_seed(500 + round_)
+        out = model.generate(
+            input_ids=ids, custom_generate=hfspec.generate, assistant_strategy=strategy, grammar=spec,
+            max_new_tokens=MAX_NEW, do_sample=True, temperature=TEMPERATURE, top_k=0, top_p=1.0,
+        )
+        for row in out[:, len(SAMPLE_PROMPT):].tolist():
+            cell = tuple(row[: row.index(EOS) + 1]) if EOS in row else tuple(row)
+            counts[cell] = counts.get(cell, 0) + 1
+    return counts
+
+
+def pvalue(counts, exact) -> float:
+    cells = sorted(set(exact) | set(counts))
+    return testing_dist.chi_square_pvalue([counts.get(c, 0) for c in cells], [exact.get(c, 0.0) for c in cells])
+
+
+@pytest.fixture(scope="module")
+def sampling_setup(tok):
+    target = tiny_model("llama", vocab_size=VOCAB, logit_scale=2.0, seed=21)
+    draft = perturbed_copy(target, 0.3, seed=4)
+    spec = hfspec.Regex(SAMPLE_REGEX, tokenizer=tok)
+    exact = exact_masked_distribution(target, compile_spec(spec, tok, VOCAB))
+    assert len(exact) >= 14 and abs(sum(exact.values()) - 1) < 1e-6
+    return target, draft, spec, exact
+
+
+@pytest.mark.parametrize("name", ["none", "draft-sampled", "draft-greedy", "lookup", "jump", "jump+draft"])
+def test_sampled_constrained_distribution_is_exact(sampling_setup, name):
+    target, draft, spec, exact = sampling_setup
+    strategy = {
+        "none": None,
+        "draft-sampled": hfspec.DraftModel(draft, num_tokens=3),
+        "draft-greedy": hfspec.DraftModel(draft, num_tokens=3, do_sample=False),
+        "lookup": hfspec.PromptLookup(num_tokens=3, min_ngram=1),
+        "jump": hfspec.JumpForward(),
+        "jump+draft": hfspec.JumpForward(hfspec.DraftModel(draft, num_tokens=3)),
+    }[name]
+    counts = sample_counts(target, spec, strategy)
+    assert pvalue(counts, exact) >= ALPHA, sorted(counts.items())
+
+
+class StaleMaskRows(GrammarRows):
+    """Planted bug: every speculative position gets the committed position's mask."""
+
+    def bitmasks(self, extra, n):
+        first = super().bitmasks(extra[:, :0], 1)
+        return first.repeat_interleave(n, dim=0).contiguous()
+
+
+def test_planted_stale_mask_bug_is_rejected(sampling_setup, monkeypatch):
+    target, draft, spec, exact = sampling_setup
+    monkeypatch.setattr(grammar_call, "GrammarRows", StaleMaskRows)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            counts = sample_counts(target, spec, hfspec.DraftModel(draft, num_tokens=3))
+        except (hfspec.GrammarError, hfspec.IncompleteOutputError):
+            return  # the engine itself refused an ungrammatical commit: rejected
+    assert pvalue(counts, exact) < ALPHA
+
+
+def trusting_accept(scores, drafts, num_drafts, draft_probs, do_sample):
+    """Planted bug: take every draft as accepted ("forced tokens have p = 1") and sample the next."""
+    rows = torch.arange(scores.shape[0])
+    n = num_drafts.to(scores.device)
+    return n, torch.multinomial(torch.softmax(scores[rows, n], dim=-1), 1).squeeze(1)
+
+
+def test_planted_unverified_jump_forward_is_rejected(sampling_setup, monkeypatch):
+    """Jump-forward without verification forces the tokenizer's split of "abz": the model's
+    other split ("a", "b", "z") vanishes, so the distribution over token sequences changes."""
+    target, _, spec, exact = sampling_setup
+    monkeypatch.setattr(hfspec.engine, "accept", trusting_accept)
+    counts = sample_counts(target, spec, hfspec.JumpForward())
+    assert pvalue(counts, exact) < ALPHA
