@@ -45,6 +45,8 @@ class SpecStats:
     accepted: int = 0  # of those, accepted
     emitted: int = 0  # tokens committed (summed over rows)
     row_steps: int = 0  # (row, verify step) pairs in which the row was still generating
+    mask_seconds: float = 0.0  # time filling grammar masks (grammar= calls)
+    masks_filled: int = 0  # grammar masks filled (target and draft positions)
     per_step_emitted: list[int] = field(default_factory=list, repr=False)
 
     def record(self, num_drafts, accepted, kept, active) -> None:
@@ -228,6 +230,9 @@ def speculative_generate(
         crop_to(cache, kept_slots)
         session.on_commit(kept_slots)
 
+    if grammar is not None:
+        stats.mask_seconds += grammar.mask_seconds
+        stats.masks_filled += grammar.masks_filled
     if streamer is not None:
         streamer.end()
     sequences = ids[:, : int(lengths.max())]
