@@ -4,6 +4,8 @@
                  [--prompts code,json,edit] [--threads N] [--out benchmarks/results/NAME.json] [--no-markdown]
     hfspec bench-batch [--tiny] [--max-new-tokens 64] [--repeats 1] [--configs hf_plain,hfspec_draft,hfspec_lookup]
                  [--prompts code,json,edit] [--threads N] [--out benchmarks/results/NAME.json] [--no-markdown]
+    hfspec bench-grammar [--tiny] [--schemas 6] [--configs hf_xgrammar,hfspec_grammar_draft,...] [--repeats 1]
+                 [--max-new-tokens 192] [--data DIR] [--out benchmarks/results/NAME.json] [--no-markdown]
     hfspec demo [--tiny] [--prompt TEXT] [--max-new-tokens 64]
     hfspec render benchmarks/results/NAME.json [--markdown BENCHMARKS.md]
 
@@ -24,7 +26,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from hfspec import bench, bench_batch
+from hfspec import bench, bench_batch, bench_grammar
 from hfspec.exceptions import HfspecError
 
 DEFAULT_MARKDOWN = bench.REPO_ROOT / "BENCHMARKS.md"
@@ -95,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hfspec", description="hfspec: lossless speculative decoding for HF generate()."
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{bench,bench-batch,demo,render}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{bench,bench-batch,bench-grammar,demo,render}"
+    )
 
     b = sub.add_parser(
         "bench",
@@ -124,6 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(bb, repeats_per="(config, way)", configs=bench_batch.CONFIGS)
     bb.set_defaults(func=cmd_bench_batch)
 
+    bg = sub.add_parser(
+        "bench-grammar",
+        help="grammar-constrained decoding: HF + xgrammar's processor vs hfspec, every proposer (greedy)",
+        description="Run JSON-Schema-constrained generation on JSONSchemaBench schemas with hf_xgrammar "
+        "and hfspec (no strategy, DraftModel, PromptLookup, JumpForward, JumpForward(DraftModel)) plus "
+        "unconstrained references, in one process; report tok/s, tau, target forwards, mask time, validity, "
+        "and check that every grammar output equals hf_xgrammar's token for token.",
+    )
+    _add_model_args(bg)
+    bench_grammar.add_arguments(bg)
+
     d = sub.add_parser(
         "demo",
         help="one prompt: plain HF vs hfspec DraftModel and PromptLookup",
@@ -136,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     r = sub.add_parser("render", help="(re)write a results file's section of BENCHMARKS.md")
-    r.add_argument("results", help="results JSON written by hfspec bench or hfspec bench-batch")
+    r.add_argument("results", help="results JSON written by hfspec bench, bench-batch or bench-grammar")
     r.add_argument(
         "--markdown", default=str(DEFAULT_MARKDOWN), help="markdown file to update (default BENCHMARKS.md)"
     )
@@ -304,11 +319,16 @@ def cmd_render(args: argparse.Namespace, command: str) -> int:
     if not path.is_file():
         raise HfspecError(f"results file {path} not found")
     results = json.loads(path.read_text())
-    renderers = {bench.SCHEMA: bench.render_section, bench_batch.SCHEMA: bench_batch.render_section}
+    renderers = {
+        bench.SCHEMA: bench.render_section,
+        bench_batch.SCHEMA: bench_batch.render_section,
+        bench_grammar.SCHEMA: bench_grammar.render_section,
+    }
     render = renderers.get(results.get("schema"))
     if render is None:
         raise HfspecError(
-            f"{path} is not an hfspec bench or bench-batch results file (schema {results.get('schema')!r})"
+            f"{path} is not an hfspec bench, bench-batch or bench-grammar results file "
+            f"(schema {results.get('schema')!r})"
         )
     key = bench.section_key(path, args.markdown)
     print(f"markdown: {bench.update_markdown(args.markdown, key, render(results, key))}")
