@@ -17,7 +17,7 @@ from hfspec.exceptions import (
     ModelPackageError,
     UnenforcedSchemaError,
 )
-from hfspec.grammar import EBNF, JSON, JSONSchema, Lark, Regex, StructuralTag
+from hfspec.grammar import EBNF, JSON, GrammarLogitsProcessor, JSONSchema, Lark, Regex, StructuralTag
 from hfspec.grammar.call import GrammarDecoderOnlyOutput, IncompleteOutputWarning
 from hfspec.proposers import DraftModel, JumpForward, PromptLookup
 
@@ -30,6 +30,7 @@ __all__ = [
     "DraftModel",
     "GrammarDecoderOnlyOutput",
     "GrammarError",
+    "GrammarLogitsProcessor",
     "GrammarValidationError",
     "HfspecError",
     "IncompatibleDraftError",
