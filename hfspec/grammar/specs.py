@@ -133,13 +133,12 @@ class JSONSchema(GrammarSpec):
         )
 
     def validation_errors(self, text: str) -> list[str]:
-        import jsonschema
-
+        """Every ``jsonschema`` violation of ``text`` (formats checked too); [] when valid."""
         try:
             value = json.loads(text)
         except json.JSONDecodeError as err:
             return [f"not JSON: {err}"]
-        validator = jsonschema.validators.validator_for(self.json_schema)(self.json_schema)
+        validator = _validator(self.json_schema)
         return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in validator.iter_errors(value)]
 
     def parse(self, text: str) -> Any:
@@ -150,6 +149,18 @@ class JSONSchema(GrammarSpec):
         value = json.loads(text)
         cls = self.model_class
         return cls.model_validate(value) if cls is not None else value
+
+
+def _validator(schema: dict):
+    """A jsonschema validator that also checks ``format``. Without ``$schema``, schemas using the
+    draft-07 ``dependencies`` keyword are read as draft-07 (2020-12 would silently ignore it)."""
+    import jsonschema
+
+    if "$schema" not in schema and '"dependencies"' in json.dumps(schema):
+        cls = jsonschema.Draft7Validator
+    else:
+        cls = jsonschema.validators.validator_for(schema)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
 
 
 @dataclass(frozen=True, eq=False)
