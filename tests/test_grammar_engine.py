@@ -268,3 +268,32 @@ def test_planted_unverified_jump_forward_is_rejected(sampling_setup, monkeypatch
     monkeypatch.setattr(hfspec.engine, "accept", trusting_accept)
     counts = sample_counts(target, spec, hfspec.JumpForward())
     assert pvalue(counts, exact) < ALPHA
+
+
+# ----------------------------------------------------------------------------- property: any config
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    prompt=st.lists(st.integers(3, 52), min_size=1, max_size=8),
+    grammar=st.sampled_from(["schema", "regex", "ebnf"]),
+    kind=st.sampled_from(["lookup", "draft", "draft-sampled-q", "jump", "jump+draft"]),
+    num_tokens=st.integers(1, 6),
+    max_new=st.integers(1, 20),
+)
+def test_property_greedy_identical_with_and_without_speculation(pairs, tok, prompt, grammar, kind, num_tokens, max_new):
+    target, draft = pairs["llama"]
+    spec = grammars(tok)[grammar]
+    strategy = {
+        "lookup": hfspec.PromptLookup(num_tokens=num_tokens, min_ngram=1),
+        "draft": hfspec.DraftModel(draft, num_tokens=num_tokens),
+        "draft-sampled-q": hfspec.DraftModel(draft, num_tokens=num_tokens, confidence_threshold=0.3),
+        "jump": hfspec.JumpForward(max_tokens=num_tokens),
+        "jump+draft": hfspec.JumpForward(hfspec.DraftModel(draft, num_tokens=num_tokens), max_tokens=num_tokens),
+    }[kind]
+    ids = torch.tensor([prompt])
+    plain = run(target, ids, None, spec, None, max_new)
+    fast = run(target, ids, None, spec, strategy, max_new)
+    assert fast.tolist() == plain.tolist()
