@@ -8,6 +8,7 @@
                  [--max-new-tokens 192] [--data DIR] [--out benchmarks/results/NAME.json] [--no-markdown]
     hfspec demo [--tiny] [--prompt TEXT] [--max-new-tokens 64]
     hfspec render benchmarks/results/NAME.json [--markdown BENCHMARKS.md]
+    hfspec conformance [--data DIR] [--out-json PATH] [--out-md PATH] [--limit N]
 
 Model loading and benchmarking live in ``hfspec.bench``; this module only parses arguments,
 reports errors plainly (no tracebacks for configuration mistakes) and prints.
@@ -98,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hfspec", description="hfspec: lossless speculative decoding for HF generate()."
     )
     sub = parser.add_subparsers(
-        dest="command", required=True, metavar="{bench,bench-batch,bench-grammar,demo,render}"
+        dest="command", required=True, metavar="{bench,bench-batch,bench-grammar,demo,render,conformance}"
     )
 
     b = sub.add_parser(
@@ -156,6 +157,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--markdown", default=str(DEFAULT_MARKDOWN), help="markdown file to update (default BENCHMARKS.md)"
     )
     r.set_defaults(func=cmd_render)
+
+    c = sub.add_parser(
+        "conformance",
+        help="token-level JSON Schema conformance on JSONSchemaBench (no model weights)",
+        description="Compile every JSONSchemaBench schema for the Qwen2.5-Coder tokenizer and feed its valid "
+        "(compact and indented) and invalid instances to xgrammar matchers token by token; write the JSON "
+        "results and a markdown report.",
+    )
+    c.add_argument(
+        "--data",
+        default=None,
+        help="JSONSchemaBench folder (default $HFSPEC_JSONSCHEMABENCH, else ../shared/data/jsonschemabench)",
+    )
+    c.add_argument(
+        "--out-json",
+        default=str(bench.REPO_ROOT / "benchmarks" / "results" / "conformance.json"),
+        help="results JSON (default benchmarks/results/conformance.json)",
+    )
+    c.add_argument(
+        "--out-md",
+        default=str(bench.REPO_ROOT / "docs" / "conformance.md"),
+        help="markdown report (default docs/conformance.md)",
+    )
+    c.add_argument("--limit", type=positive_int, default=None, help="only the first N schema files (sorted)")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c.set_defaults(func=cmd_conformance)
     return parser
 
 
@@ -332,6 +359,31 @@ def cmd_render(args: argparse.Namespace, command: str) -> int:
         )
     key = bench.section_key(path, args.markdown)
     print(f"markdown: {bench.update_markdown(args.markdown, key, render(results, key))}")
+    return 0
+
+
+def cmd_conformance(args: argparse.Namespace, command: str) -> int:
+    from hfspec.grammar import conformance
+
+    data = pathlib.Path(args.data) if args.data else conformance.default_data_dir()
+    if data is None:
+        raise HfspecError(
+            f"JSONSchemaBench data not found: pass --data DIR or set ${conformance.DATA_ENV} "
+            "(default ../shared/data/jsonschemabench next to the repository)"
+        )
+    torch.set_num_threads(1)
+    report = conformance.run_conformance(
+        data, limit=args.limit, progress=not args.no_progress, command=command
+    )
+    t = report["totals"]
+    print(
+        f"{t['compiled']}/{t['files']} schemas compiled; valid accepted {t['accepted']['compact']}/{t['valid']} "
+        f"compact, {t['accepted']['indented']}/{t['valid']} indented; invalid rejected {t['rejected']}/"
+        f"{t['invalid']}, caught by validation {t['caught']}, missed {t['missed']}; "
+        f"mask p50 {t['mask_us_p50']} µs, p99 {t['mask_us_p99']} µs; {report['wall_s']} s"
+    )
+    print(f"results: {conformance.write_json(report, args.out_json)}")
+    print(f"markdown: {conformance.write_markdown(report, args.out_md)}")
     return 0
 
 
