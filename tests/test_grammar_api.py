@@ -158,3 +158,12 @@ def test_validate_mode_never_passes_a_violation_as_valid(model, tok):
     assert out.grammar_complete.tolist() == [True] and out.grammar_valid.tolist() == [False]
     with pytest.raises(hfspec.IncompleteOutputError, match="should not be valid"):
         model.generate(PROMPT, custom_generate=hfspec.generate, grammar=spec, max_new_tokens=30, do_sample=False)
+
+
+def test_unsupported_schema_error_names_the_feature(model, tok, forwards):
+    """xgrammar's own message is a C++ check; the error adds the keyword whose removal compiles."""
+    schema = {"type": "object", "patternProperties": {"^[a-z]{1,255}$": {"type": "string", "maxLength": 10}}}
+    with pytest.raises(hfspec.GrammarError, match=r"could not be compiled.*\[feature: maxLength"):
+        model.generate(PROMPT, custom_generate=hfspec.generate, grammar=hfspec.JSONSchema(schema, tokenizer=tok),
+                       max_new_tokens=5)
+    assert forwards == []

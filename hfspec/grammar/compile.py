@@ -102,7 +102,22 @@ def _compile(spec: GrammarSpec, compiler):
         message = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         message = message.split("] ", 1)[-1] if message.startswith("[") else message
         message = re.sub(r"^\S+\.(cc|h):\d+: ", "", message)  # drop xgrammar's C++ source location
-        raise GrammarError(f"{type(spec).__name__} could not be compiled: {message}") from err
+        message = f"{type(spec).__name__} could not be compiled: {message}"
+        if isinstance(spec, JSONSchema):
+            from hfspec.grammar.diagnose import name_feature
+
+            message = name_feature(message, spec.json_schema, _char_level_compiles)
+        raise GrammarError(message) from err
+
+
+def _char_level_compiles(schema: dict) -> bool:
+    import json
+
+    try:
+        _text_compiler_instance().compile_json_schema(json.dumps(schema), strict_mode=True)
+        return True
+    except Exception:  # xgrammar raises RuntimeError for every failure
+        return False
 
 
 def _check_satisfiable(spec: GrammarSpec, compiled, vocab_size: int) -> None:
@@ -112,19 +127,27 @@ def _check_satisfiable(spec: GrammarSpec, compiled, vocab_size: int) -> None:
     bitmask = xgr.allocate_token_bitmask(1, vocab_size)
     matcher.fill_next_token_bitmask(bitmask, 0)
     if not bool(bitmask.ne(0).any()) and not matcher.is_completed():
-        raise GrammarError(f"{type(spec).__name__} accepts no output at all (unsatisfiable); check the pattern.")
+        raise GrammarError(
+            f"{type(spec).__name__} accepts no output at all (unsatisfiable); check the pattern."
+        )
 
 
 _text_compiler = None
 
 
+def _text_compiler_instance():
+    """A compiler over an empty vocabulary: grammars checked on characters, no tokenizer needed."""
+    global _text_compiler
+    if _text_compiler is None:
+        xgr = _xgr()
+        _text_compiler = xgr.GrammarCompiler(xgr.TokenizerInfo([]), max_threads=1)
+    return _text_compiler
+
+
 def text_matches(spec: GrammarSpec, text: str) -> bool:
     """Whether ``text`` is a complete sentence of ``spec`` (character level, no tokenizer)."""
-    global _text_compiler
     xgr = _xgr()
-    if _text_compiler is None:
-        _text_compiler = xgr.GrammarCompiler(xgr.TokenizerInfo([]), max_threads=1)
-    matcher = xgr.GrammarMatcher(_compile(spec, _text_compiler), terminate_without_stop_token=True)
+    matcher = xgr.GrammarMatcher(_compile(spec, _text_compiler_instance()), terminate_without_stop_token=True)
     return bool(matcher.accept_string(text)) and bool(matcher.is_completed())
 
 

@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hfspec.exceptions import GrammarError
+from hfspec.grammar.diagnose import name_feature, without_keywords
 
 SCHEMA = "hfspec-conformance/1"
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -212,72 +213,6 @@ def relaxed_features(stderr_lines: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def _name_feature(message: str, schema: Any, compiles: Any = None) -> str:
-    """Make sure an "unsupported" message names the JSON Schema feature.
-
-    Keeps xgrammar's message (without C++ source locations). If it names no keyword of the schema,
-    adds the keyword family whose removal lets the schema compile (``compiles(schema) -> bool``,
-    tried family by family), else what the message hints at, else the schema's keywords.
-    """
-    message = re.sub(r"^(.*?could not be compiled: )\S+\.cc:\d+: ", r"\1", message)  # drop C++ locations
-    keywords = sorted(_schema_keywords(schema))
-    known = {k for family in _FEATURE_FAMILIES for k in family} | {"type", "properties", "required"}
-    if any(re.search(rf"(?<![\w$]){re.escape(k)}(?!\w)", message) for k in known & set(keywords)):
-        return message
-    if compiles is not None:
-        for family in _FEATURE_FAMILIES:
-            if set(family) & set(keywords) and compiles(_without_keywords(schema, family)):
-                return f"{message} [feature: {'/'.join(k for k in family if k in keywords)}: compiles without it]"
-    hints = {
-        r"\$ref|reference|URI|uri|#/": "$ref",
-        r"regex|pattern|Regex": "pattern",
-        r"format": "format",
-    }
-    for pattern, keyword in hints.items():
-        if re.search(pattern, message) and keyword in keywords:
-            return f"{message} [feature: {keyword}]"
-    return f"{message} [schema keywords: {', '.join(keywords[:20])}]"
-
-
-_FEATURE_FAMILIES = (
-    ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"),
-    ("minLength", "maxLength"),
-    ("pattern",),
-    ("format",),
-    ("minItems", "maxItems", "uniqueItems", "contains", "minContains", "maxContains"),
-    ("minProperties", "maxProperties"),
-    ("patternProperties",),
-    ("additionalProperties", "unevaluatedProperties"),
-    ("prefixItems", "items", "additionalItems", "unevaluatedItems"),
-    ("propertyNames",),
-    ("dependencies", "dependentRequired", "dependentSchemas"),
-    ("if", "then", "else"),
-    ("not",),
-    ("oneOf",),
-    ("anyOf",),
-    ("allOf",),
-    ("enum", "const"),
-    ("$ref",),
-)
-
-
-_NOT_KEYWORDS = {"properties", "patternProperties", "definitions", "$defs", "dependentSchemas"}
-
-
-def _schema_keywords(schema: Any, found: set[str] | None = None, *, in_map: bool = False) -> set[str]:
-    """Every keyword used anywhere in the schema (property names under ``properties`` etc. skipped)."""
-    found = set() if found is None else found
-    if isinstance(schema, dict):
-        for key, value in schema.items():
-            if not in_map:
-                found.add(key)
-            _schema_keywords(value, found, in_map=(not in_map and key in _NOT_KEYWORDS))
-    elif isinstance(schema, list):
-        for item in schema:
-            _schema_keywords(item, found)
-    return found
-
-
 def _validation_errors(spec: Any, text: str) -> tuple[list[str], str]:
     """(jsonschema's errors, "" or why validation itself failed, e.g. an unresolvable remote $ref)."""
     try:
@@ -393,7 +328,7 @@ class Checker:
             ({"strict_mode": False, "any_order": True}, [ORDER_REASON, STRICT_REASON]),
         )
         for keywords, explain in ((None, None), *_ABLATIONS):
-            variant = schema if keywords is None else _without_keywords(schema, keywords)
+            variant = schema if keywords is None else without_keywords(schema, keywords)
             for options, reasons in relaxations:
                 if (keywords is None and not options) or not self.char_accepts(variant, text, **options):
                     continue
@@ -441,19 +376,6 @@ _ABLATIONS = (
 )
 
 
-def _without_keywords(schema: Any, keywords: Sequence[str], *, in_map: bool = False) -> Any:
-    """A copy of ``schema`` with ``keywords`` removed wherever they are keywords (not property names)."""
-    if isinstance(schema, dict):
-        return {
-            key: _without_keywords(value, keywords, in_map=(not in_map and key in _NOT_KEYWORDS))
-            for key, value in schema.items()
-            if in_map or key not in keywords
-        }
-    if isinstance(schema, list):
-        return [_without_keywords(item, keywords) for item in schema]
-    return schema
-
-
 # --------------------------------------------------------------------------- one file
 def check_file(
     checker: Checker,
@@ -479,7 +401,7 @@ def check_file(
     except GrammarError as err:
         result.status, result.message = (
             STATUS_UNSUPPORTED,
-            _name_feature(str(err), schema, checker.char_compiles),
+            name_feature(str(err), schema, checker.char_compiles),
         )
         return result
     try:
