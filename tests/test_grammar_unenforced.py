@@ -11,7 +11,6 @@ accepts comes from a flagged schema and is caught by ``JSONSchema.validation_err
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 
 import pytest
@@ -349,9 +348,10 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def bench_dir() -> pathlib.Path | None:
-    env = os.environ.get("HFSPEC_JSONSCHEMABENCH")
-    path = pathlib.Path(env) if env else REPO.parent / "shared" / "data" / "jsonschemabench"
-    return path if path.is_dir() else None
+    from hfspec.grammar.conformance import default_data_dir
+
+    path = default_data_dir()
+    return path if path is not None and path.is_dir() else None
 
 
 def test_bench_every_invalid_instance_the_mask_accepts_is_flagged_and_caught():

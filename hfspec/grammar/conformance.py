@@ -61,12 +61,16 @@ MISSED = "missed"
 
 # --------------------------------------------------------------------------- data
 def default_data_dir() -> pathlib.Path | None:
-    """``$HFSPEC_JSONSCHEMABENCH`` if set, else ``<repo>/../shared/data/jsonschemabench`` if it exists."""
+    """``$HFSPEC_JSONSCHEMABENCH`` if set, else the first ``shared/data/jsonschemabench`` found
+    beside the checkout or beside one of its parent folders (CI clones may sit deeper)."""
     env = os.environ.get(DATA_ENV)
     if env:
         return pathlib.Path(env)
-    candidate = REPO_ROOT.parent / "shared" / "data" / "jsonschemabench"
-    return candidate if candidate.is_dir() else None
+    for folder in REPO_ROOT.resolve().parents:
+        candidate = folder / "shared" / "data" / "jsonschemabench"
+        if candidate.is_dir():
+            return candidate
+    return None
 
 
 def source_group(name: str) -> str:
