@@ -430,6 +430,9 @@ class GrammarRun:
     complete: bool  # stopped with EOS (for grammar configs: the grammar was complete)
     valid: bool  # complete and spec.validation_errors(text) == []
     errors: list[str] = field(default_factory=list)  # first validation errors of a completed output
+    # After the first target forward (which reads the prompt): tokens committed later / time later.
+    # Prefill weighs differently on outputs of different length; this rate leaves it out.
+    decode_tokens_per_s: float | None = None
     warning: str | None = None  # hfspec.IncompleteOutputWarning message, if one was raised
     engine_valid: bool | None = None  # hfspec's own grammar_valid flag (hfspec grammar configs)
     mask_seconds: float | None = None  # hfspec: SpecStats.mask_seconds; hf_xgrammar: processor calls
@@ -507,12 +510,19 @@ class GrammarRunner:
         self.workload, self.settings = workload, settings
         self.strategies = build_strategies(settings, workload)
         self.counter = bench.ForwardCounter(workload.target)
+        self.first_forward_end: float | None = None
+        self._first = workload.target.register_forward_hook(self._mark_first_forward)
+
+    def _mark_first_forward(self, module, args, output) -> None:
+        if self.first_forward_end is None:
+            self.first_forward_end = time.perf_counter()
 
     def __enter__(self) -> GrammarRunner:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.counter.remove()
+        self._first.remove()
 
     def run(self, case: SchemaCase, config: str, *, repeat: int, max_new_tokens: int) -> GrammarRun:
         from hfspec.grammar.compile import compile_spec
@@ -545,6 +555,7 @@ class GrammarRunner:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", hfspec.IncompleteOutputWarning)
             self.counter.count = 0
+            self.first_forward_end = None
             start = time.perf_counter()
             out = workload.target.generate(**inputs, **kwargs)
             wall = time.perf_counter() - start
@@ -561,6 +572,9 @@ class GrammarRunner:
         stopped = bool(output_ids) and output_ids[-1] in workload.eos_token_ids
         text = workload.tokenizer.decode(output_ids[:-1] if stopped else output_ids)
         errors = case.spec.validation_errors(text) if stopped else []
+        first_tokens = stats.per_step_emitted[0] if stats.per_step_emitted else 1
+        after = wall - ((self.first_forward_end or start) - start)
+        decode_rate = (n_new - first_tokens) / after if after > 0 and n_new > first_tokens else None
         run = GrammarRun(
             schema=case.name,
             config=config,
@@ -569,6 +583,7 @@ class GrammarRunner:
             wall_s=wall,
             new_tokens=n_new,
             tokens_per_s=n_new / wall if wall > 0 else float("nan"),
+            decode_tokens_per_s=decode_rate,
             target_forwards=forwards,
             tau=n_new / forwards if forwards else float("nan"),
             output_ids=output_ids,
@@ -693,6 +708,7 @@ def per_schema_rows(runs: Sequence[GrammarRun], configs: Sequence[str]) -> list[
                     "config": config,
                     "runs": len(group),
                     "tokens_per_s": statistics.median(r.tokens_per_s for r in group),
+                    "decode_tokens_per_s": _median([r.decode_tokens_per_s for r in group]),
                     "wall_s": statistics.median(r.wall_s for r in group),
                     "new_tokens": statistics.median(r.new_tokens for r in group),
                     "target_forwards": statistics.median(r.target_forwards for r in group),
@@ -715,6 +731,9 @@ def per_schema_rows(runs: Sequence[GrammarRun], configs: Sequence[str]) -> list[
         )
         row["ratio_vs_unconstrained"] = bench._ratio(
             row["tokens_per_s"], free["tokens_per_s"] if free else None
+        )
+        row["decode_ratio_vs_unconstrained"] = bench._ratio(
+            row["decode_tokens_per_s"], free["decode_tokens_per_s"] if free else None
         )
     return rows
 
@@ -739,6 +758,10 @@ def config_rows(
                 "speedup_vs_hf_xgrammar": bench.geomean(r["speedup_vs_hf_xgrammar"] for r in group),
                 "unconstrained": UNCONSTRAINED_OF.get(config),
                 "ratio_vs_unconstrained": bench.geomean(r["ratio_vs_unconstrained"] for r in group),
+                "decode_tokens_per_s": bench.geomean(r["decode_tokens_per_s"] for r in group),
+                "decode_ratio_vs_unconstrained": bench.geomean(
+                    r["decode_ratio_vs_unconstrained"] for r in group
+                ),
                 "mean_target_forwards": _mean([r["target_forwards"] for r in group]),
                 "mean_new_tokens": _mean([r["new_tokens"] for r in group]),
                 "acceptance_rate": _mean([r["acceptance_rate"] for r in group]),
@@ -866,6 +889,8 @@ SUMMARY_HEADER = (
     "tau",
     "x hf_xgrammar",
     "x unconstrained",
+    "decode tok/s",
+    "decode x unconstrained",
     "target fwd / schema",
     "fwd saved by jump",
     "accept",
@@ -902,6 +927,8 @@ def summary_table(results: dict[str, Any]) -> list[list[str]]:
                 f"{bench._x(c['ratio_vs_unconstrained'])} ({c['unconstrained']})"
                 if c["unconstrained"]
                 else "–",
+                bench._f(c.get("decode_tokens_per_s")),
+                bench._x(c.get("decode_ratio_vs_unconstrained")) if c["unconstrained"] else "–",
                 bench._f(c["mean_target_forwards"], 1),
                 _saved(saved),
                 bench._f(c["acceptance_rate"]),
@@ -988,6 +1015,8 @@ def render_section(results: dict[str, Any], key: str) -> str:
         "call's EOS ids, as hfspec's do); hfspec_draft and hfspec_lookup are the same strategies without a "
         'grammar. tau = new tokens / target forwards (forward hook, prefill included). "x unconstrained" is '
         "tok/s over the unconstrained config with the same proposer (their outputs differ). "
+        '"decode tok/s" counts only what follows the first target forward (the one that reads the prompt): '
+        "tokens committed later / time later, so outputs of different lengths are not weighed by prefill. "
         '"fwd saved by jump": '
         "mean target forwards per schema saved against the same config without JumpForward. Mask µs/token: "
         "grammar mask time (hfspec: SpecStats.mask_seconds; hf_xgrammar: the processor's calls) per new "
