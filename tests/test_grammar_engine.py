@@ -157,6 +157,49 @@ def test_incomplete_rows_raise_with_sequences_or_are_flagged(pairs, tok):
     assert out.grammar_complete.tolist() == [False] and out.grammar_valid.tolist() == [False]
 
 
+@pytest.mark.parametrize("prompt", ["single", "batch3"])
+def test_jump_forward_reads_forced_runs_in_fewer_draft_forwards(pairs, tok, prompt):
+    """JumpForward(DraftModel) appends forced text after drafted tokens for free: same output as
+    DraftModel, fewer draft-model forwards (a forced run costs one multi-token forward)."""
+    target, draft = pairs["llama"]
+    spec = hfspec.Regex(r'\{"abc": [0-9]{1,3}, "xyz": (true|false), "zz": null\}', tokenizer=tok)
+    ids, mask = PROMPTS[prompt]
+    calls = []
+    hook = draft.register_forward_hook(lambda module, args, output: calls.append(1))
+    try:
+        counts, outs = {}, {}
+        for name, strategy in {
+            "draft": hfspec.DraftModel(draft, num_tokens=4),
+            "jump+draft": hfspec.JumpForward(hfspec.DraftModel(draft, num_tokens=4)),
+        }.items():
+            calls.clear()
+            outs[name] = run(target, ids, mask, spec, strategy, 40).tolist()
+            counts[name] = len(calls)
+    finally:
+        hook.remove()
+    assert outs["jump+draft"] == outs["draft"] == reference(target, ids, mask, spec, tok, 40).tolist()
+    assert counts["jump+draft"] < counts["draft"], counts
+
+
+def test_tokens_prefixing_others_matches_brute_force():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from hfspec.grammar.compile import prefix_tokens, tokens_prefixing_others
+
+    @settings(max_examples=200, deadline=None, derandomize=True)
+    @given(st.lists(st.binary(max_size=4), max_size=12))
+    def check(vocab):
+        brute = {i for i, v in enumerate(vocab) if v and any(w != v and w.startswith(v) for w in vocab)}
+        assert tokens_prefixing_others(vocab) == brute
+
+    check()
+    ids = prefix_tokens(tok := tiny_json_tokenizer(), VOCAB)
+    by_text = {t: i for i, t in enumerate(tok.convert_ids_to_tokens(list(range(len(tok)))))}
+    assert by_text["{"] in ids and by_text['"'] in ids and by_text["a"] in ids  # {" ", ab
+    assert by_text["true"] not in ids and by_text['{"'] not in ids
+
+
 # ----------------------------------------------------------------------------- sampling
 # Language x[ab]{1,2}zabz: "x" and, after the first "z", "abz" are forced (jump-forward proposes
 # them); "ab" is one token or two, so several token sequences spell the same text, as with real
@@ -268,6 +311,27 @@ def test_planted_unverified_jump_forward_is_rejected(sampling_setup, monkeypatch
     monkeypatch.setattr(hfspec.engine, "accept", trusting_accept)
     counts = sample_counts(target, spec, hfspec.JumpForward())
     assert pvalue(counts, exact) < ALPHA
+
+
+def test_planted_forced_tokens_inheriting_draft_q_is_rejected(sampling_setup, monkeypatch):
+    """JumpForward(DraftModel) appends forced text after sampled drafts; those columns must be
+    verified with a one-hot q. Planted bug: they reuse the preceding draft's q (a forced token the
+    draft found unlikely is then accepted with min(1, p/q) ~ 1 instead of p)."""
+    from hfspec.proposers import jump_forward
+
+    target, draft, spec, exact = sampling_setup
+    real_pack = jump_forward._pack
+
+    def inheriting_pack(rows, like, q_columns=None):
+        q_columns, last = list(q_columns or []), None
+        for i, q in enumerate(q_columns):
+            q_columns[i] = last = q if q is not None else last
+        return real_pack(rows, like, q_columns)
+
+    strategy = hfspec.JumpForward(hfspec.DraftModel(draft, num_tokens=3))  # passes unplanted: above
+    monkeypatch.setattr(jump_forward, "_pack", inheriting_pack)
+    p = pvalue(sample_counts(target, spec, strategy), exact)
+    assert p < ALPHA
 
 
 # ----------------------------------------------------------------------------- property: any config

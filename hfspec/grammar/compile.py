@@ -17,7 +17,8 @@ from hfspec.grammar.specs import GrammarSpec, JSONSchema
 
 _MAX_TOKENIZERS = 8
 _MAX_GRAMMARS = 256
-_compilers: OrderedDict[tuple, tuple[Any, Any]] = OrderedDict()  # key -> (tokenizer kept alive, compiler)
+_compilers: OrderedDict[tuple, tuple[Any, Any, Any]] = OrderedDict()  # key -> (tokenizer kept alive, compiler, info)
+_prefix_tokens: dict[tuple, frozenset[int]] = {}  # key -> ids of tokens that prefix a longer token
 _compiled: OrderedDict[tuple, Any] = OrderedDict()
 
 
@@ -35,11 +36,17 @@ def tokenizer_key(tokenizer: Any, vocab_size: int) -> tuple:
 
 def compiler_for(tokenizer: Any, vocab_size: int):
     """The cached ``xgrammar.GrammarCompiler`` for this tokenizer and lm-head width."""
-    xgr = _xgr()
     key = tokenizer_key(tokenizer, vocab_size)
     if key in _compilers:
         _compilers.move_to_end(key)
         return _compilers[key][1]
+    _, compiler, _ = _load_compiler(tokenizer, vocab_size)
+    return compiler
+
+
+def _load_compiler(tokenizer: Any, vocab_size: int) -> tuple[Any, Any, Any]:
+    xgr = _xgr()
+    key = tokenizer_key(tokenizer, vocab_size)
     if len(tokenizer) > vocab_size:
         raise GrammarError(
             f"The tokenizer has {len(tokenizer)} tokens but the model's vocabulary is {vocab_size} wide: "
@@ -50,10 +57,36 @@ def compiler_for(tokenizer: Any, vocab_size: int):
     except Exception as err:  # xgrammar rejects tokenizers it cannot read
         raise GrammarError(f"xgrammar cannot read tokenizer {type(tokenizer).__name__}: {err}") from err
     compiler = xgr.GrammarCompiler(info, max_threads=1)
-    _compilers[key] = (tokenizer, compiler)
+    _compilers[key] = (tokenizer, compiler, info)
     if len(_compilers) > _MAX_TOKENIZERS:
-        _compilers.popitem(last=False)
-    return compiler
+        old, _ = _compilers.popitem(last=False)
+        _prefix_tokens.pop(old, None)
+    return _compilers[key]
+
+
+def prefix_tokens(tokenizer: Any, vocab_size: int) -> frozenset[int]:
+    """Ids of tokens whose bytes are a proper prefix of another token's (``{`` of ``{"``, `` `` of
+    `` true``). Forced text that ends in one of them may be spelled by the model with the longer
+    token, so jump-forward leaves that last piece to the draft. Cached per tokenizer."""
+    compiler_for(tokenizer, vocab_size)
+    key = tokenizer_key(tokenizer, vocab_size)
+    if key not in _prefix_tokens:
+        _prefix_tokens[key] = tokens_prefixing_others(_compilers[key][2].decoded_vocab)
+    return _prefix_tokens[key]
+
+
+def tokens_prefixing_others(vocab: list[bytes]) -> frozenset[int]:
+    """Pure: ids i such that some other vocab string starts with vocab[i]. Once sorted, the
+    strings starting with v follow v directly, so comparing with the next larger one suffices."""
+    out: set[int] = set()
+    larger: bytes | None = None  # the nearest string greater than the current one
+    last: bytes | None = None
+    for i in sorted(range(len(vocab)), key=vocab.__getitem__, reverse=True):
+        if vocab[i] != last:
+            larger, last = last, vocab[i]
+        if vocab[i] and larger is not None and larger.startswith(vocab[i]):
+            out.add(i)
+    return frozenset(out)
 
 
 def check_enforceable(spec: GrammarSpec) -> list[tuple[str, str]]:

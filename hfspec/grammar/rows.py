@@ -120,21 +120,30 @@ class GrammarRows:
         return "" if matcher.is_terminated() else matcher.find_jump_forward_string()
 
     @contextlib.contextmanager
-    def assuming(self, tokens: list[list[int]]):
+    def assuming(self, tokens: list[list[int]], *, strict: bool = True):
         """Within the block, row i's matcher also holds ``tokens[i]`` (e.g. forced tokens a draft
-        model continues from); rolled back on exit. The tokens must be grammatical."""
+        model continues from); rolled back on exit. Blocks nest (inner ones roll back first).
+
+        Yields how many of each row's tokens the matcher took. ``strict`` raises GrammarError on a
+        token the grammar refuses; otherwise the row stops there (e.g. after a drafted EOS)."""
         walked = [0] * len(self.matchers)
         try:
             for row, matcher in enumerate(self.matchers):
                 for token in tokens[row]:
                     if matcher.is_terminated() or not matcher.accept_token(int(token)):
-                        raise GrammarError(f"internal: assumed token {token} is not grammatical in row {row}")
+                        if strict:
+                            raise GrammarError(f"internal: assumed token {token} is not grammatical in row {row}")
+                        break
                     walked[row] += 1
-            yield self
+            yield walked
         finally:
             for row, matcher in enumerate(self.matchers):
                 if walked[row]:
                     matcher.rollback(walked[row])
+
+    def terminated(self, row: int) -> bool:
+        """Whether ``row``'s grammar has ended (a stop token was accepted)."""
+        return self.matchers[row].is_terminated()
 
     # ------------------------------------------------------------------ state changes
     def commit(self, tokens: torch.Tensor, counts: torch.Tensor) -> None:

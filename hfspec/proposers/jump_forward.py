@@ -2,17 +2,29 @@
 
 The forced string is tokenized and proposed like any deterministic draft, so the target still
 verifies every token (the one-hot rule): lossless even where the tokenization of the forced
-string is not the one the model would have chosen; verification just stops there. Rows without
-a forced string use the ``inner`` strategy's drafts (or none); when every row is forced, the inner
-strategy drafts on from the end of the forced text. Needs ``grammar=``.
+string is not the one the model would have chosen; verification just stops there.
+
+With an ``inner`` strategy (e.g. a DraftModel) forced text is looked for after *every* drafted
+token, not only at the start of a step: the inner strategy drafts one token at a time, the grammar
+is walked along the drafts (and rolled back afterwards), and whenever it forces text that text is
+appended for free and the inner strategy continues after it. A draft model then reads a forced run
+in one multi-token forward instead of one forward per token, and steps carry more tokens than the
+inner budget alone. A forced run's last token is left to the inner strategy when a longer token
+starts with it (the model writes ``{"`` where the forced text is ``{``): a mismatch mid-step would
+discard every draft after it. In a batch, only the forced tokens every drafting row shares are taken; rows
+differing there draft them with the inner strategy instead. Needs ``grammar=``.
 """
 
 from __future__ import annotations
+
+import contextlib
+from dataclasses import replace
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel
 
 from hfspec.exceptions import ConfigurationError
+from hfspec.grammar.compile import prefix_tokens
 from hfspec.proposers.base import Proposal, ProposerSession, SessionContext, StepView, Strategy
 
 
@@ -21,7 +33,8 @@ class JumpForward:
 
     Args:
         inner: the strategy for rows/steps where the grammar forces nothing (None: no drafts).
-        max_tokens: most forced tokens proposed per step.
+        max_tokens: most forced tokens proposed per step (they do not count against the inner
+            strategy's ``num_tokens``, which bounds its own drafts per step).
     """
 
     needs_grammar = True
@@ -49,14 +62,23 @@ class JumpForward:
 class _JumpSession:
     def __init__(self, strategy: JumpForward, ctx: SessionContext, inner: ProposerSession | None) -> None:
         self.max_tokens, self.ctx, self.inner = strategy.max_tokens, ctx, inner
+        # Inner drafts per step: the inner strategy's own ``num_tokens`` (16 if it has none).
+        self.inner_budget = int(getattr(strategy.inner, "num_tokens", 16))
 
-    def forced_tokens(self, view: StepView) -> list[list[int]]:
-        """Per row, the tokens of the grammar's forced continuation (empty when nothing is forced)."""
+    def forced_tokens(self, view: StepView, *, open_end: bool = False) -> list[list[int]]:
+        """Per row, the tokens of the grammar's forced continuation (empty when nothing is forced).
+
+        ``open_end`` drops a last token that prefixes a longer one (``{`` of ``{"``, `` `` of
+        `` true``): the model may spell the forced text's end together with what follows, and a
+        mismatch there throws away every draft after it in the step. The inner strategy drafts it."""
         grammar, out = self.ctx.grammar, []
         for row in range(view.pending.shape[0]):
             budget = min(self.max_tokens, int(view.max_drafts[row]))
             text = grammar.jump_forward_string(row) if budget else ""
-            out.append(self.ctx.tokenizer.encode(text, add_special_tokens=False)[:budget] if text else [])
+            tokens = self.ctx.tokenizer.encode(text, add_special_tokens=False) if text else []
+            if open_end and tokens and tokens[-1] in prefix_tokens(self.ctx.tokenizer, self.ctx.vocab_size):
+                tokens = tokens[:-1]
+            out.append(tokens[:budget])
         width = max((len(f) for f in out), default=0)
         if width:  # keep only what the grammar accepts token by token (tokenizers may add odd pieces)
             ids = torch.tensor([f + [0] * (width - len(f)) for f in out])
@@ -65,23 +87,60 @@ class _JumpSession:
         return out
 
     def propose(self, view: StepView) -> Proposal:
-        forced = self.forced_tokens(view)
-        active = (view.max_drafts > 0).tolist()
-        counts = [len(f) for f, a in zip(forced, active, strict=True) if a]
-        if self.inner is None or not counts:
-            return _pack(forced, view.pending)
-        shared = min(counts)
-        if shared == 0:  # some row has nothing forced: let the inner strategy draft every row
-            return self.inner.propose(view)
-        # Every active row is forced at least ``shared`` tokens: take them as drafts and let the
-        # inner strategy continue after them, as if they were already committed. Its cache then
-        # holds exactly the tokens that get verified, in the same slots.
-        forced = [f[:shared] if a else [0] * shared for f, a in zip(forced, active, strict=True)]
-        ahead = _view_after(view, torch.tensor(forced, dtype=view.pending.dtype, device=view.pending.device))
-        with self.ctx.grammar.assuming([f if a else [] for f, a in zip(forced, active, strict=True)]):
-            base = self.inner.propose(ahead)
-        rows = [forced[i] + base.ids[i, : int(base.lengths[i])].tolist() for i in range(len(forced))]
-        return _pack(rows, view.pending, base.probs, shared)
+        if self.inner is None:
+            return _pack(self.forced_tokens(view), view.pending)
+        return self._interleave(view)
+
+    def _interleave(self, view: StepView) -> Proposal:
+        """Alternate forced runs (free) with one inner draft at a time, walking the grammar along.
+
+        Each inner call sees the view the engine would show if everything proposed so far were
+        committed, so a draft model's cache holds exactly the tokens that get verified, in the
+        same slots, and its grammar masks are taken at the right state."""
+        grammar, batch = self.ctx.grammar, view.pending.shape[0]
+        rows: list[list[int]] = [[] for _ in range(batch)]
+        q_columns: list[torch.Tensor | None] = []  # the inner's q per column; None = forced (one-hot)
+        drafting = (view.max_drafts > 0).tolist()  # rows still extending their drafts
+        forced_left, inner_left = self.max_tokens, self.inner_budget
+        with contextlib.ExitStack() as walked_so_far:
+            while True:
+                drafting = [d and room > 0 for d, room in zip(drafting, view.max_drafts.tolist(), strict=True)]
+                forced = self.forced_tokens(view, open_end=True)
+                shared = min((len(f) for f, d in zip(forced, drafting, strict=True) if d), default=0)
+                shared = min(shared, forced_left)
+                if shared:
+                    chunk = [f[:shared] if d else [0] * shared for f, d in zip(forced, drafting, strict=True)]
+                    view = self._extend(view, chunk, rows, drafting, walked_so_far)
+                    q_columns.extend([None] * shared)
+                    forced_left -= shared
+                if inner_left == 0 or not any(drafting):
+                    break
+                one = torch.tensor(drafting, dtype=view.max_drafts.dtype).to(view.max_drafts.device)
+                base = self.inner.propose(replace(view, max_drafts=view.max_drafts.clamp(max=1) * one))
+                if base.ids.shape[1] == 0 or int(base.lengths.max()) == 0:
+                    break
+                drafting = [d and n > 0 for d, n in zip(drafting, base.lengths.tolist(), strict=True)]
+                if not any(drafting):
+                    break
+                chunk = [[int(t)] if d else [0] for t, d in zip(base.ids[:, 0].tolist(), drafting, strict=True)]
+                view = self._extend(view, chunk, rows, drafting, walked_so_far)
+                q_columns.append(base.probs[:, 0] if base.probs is not None else None)
+                inner_left -= 1
+        return _pack(rows, view.pending, q_columns)
+
+    def _extend(self, view, chunk, rows, drafting, walked_so_far) -> StepView:
+        """Append ``chunk`` (B, m) to every drafting row and to the grammar state; rows whose
+        grammar refuses a token or ends (a drafted EOS) stop drafting."""
+        for row, tokens in enumerate(chunk):
+            if drafting[row]:
+                rows[row].extend(tokens)
+        walked = walked_so_far.enter_context(
+            self.ctx.grammar.assuming([c if d else [] for c, d in zip(chunk, drafting, strict=True)], strict=False)
+        )
+        for row, tokens in enumerate(chunk):
+            if drafting[row] and (walked[row] < len(tokens) or self.ctx.grammar.terminated(row)):
+                drafting[row] = False
+        return _view_after(view, torch.tensor(chunk, dtype=view.pending.dtype, device=view.pending.device))
 
     def on_commit(self, kept_slots: int) -> None:
         if self.inner is not None:
@@ -94,7 +153,8 @@ def _view_after(view: StepView, forced: torch.Tensor) -> StepView:
     ids = view.ids.clone()
     for row in range(batch):
         start = int(view.lengths[row])
-        ids[row, start : start + m] = forced[row]
+        room = max(0, min(m, ids.shape[1] - start))  # rows that stopped drafting may have no room
+        ids[row, start : start + room] = forced[row, :room]
     ones = torch.ones_like(forced)
     return StepView(
         ids=ids,
@@ -107,18 +167,20 @@ def _view_after(view: StepView, forced: torch.Tensor) -> StepView:
     )
 
 
-def _pack(rows: list[list[int]], like: torch.Tensor, inner_probs=None, shared: int = 0) -> Proposal:
-    """Stack per-row drafts. With a sampled inner q, forced positions get a one-hot q (the exact
-    rule for a deterministic proposal) and the inner's q follows."""
+def _pack(rows: list[list[int]], like: torch.Tensor, q_columns: list[torch.Tensor | None] | None = None) -> Proposal:
+    """Stack per-row drafts. With a sampled inner q, forced columns get a one-hot q (the exact
+    rule for a deterministic proposal; ``None`` in ``q_columns``) and drafted columns the inner's q."""
     lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
     width = int(lengths.max()) if len(rows) else 0
     ids = like.new_zeros((len(rows), width))
     for row, tokens in enumerate(rows):
         ids[row, : len(tokens)] = torch.tensor(tokens, dtype=ids.dtype)
-    if inner_probs is None:
+    sampled = [q for q in (q_columns or []) if q is not None]
+    if not sampled:
         return Proposal(ids=ids, lengths=lengths)
-    vocab = inner_probs.shape[-1]
-    probs = torch.nn.functional.one_hot(ids.cpu(), vocab).to(inner_probs.dtype).to(inner_probs.device)
-    have = min(inner_probs.shape[1], width - shared)
-    probs[:, shared : shared + have] = inner_probs[:, :have]
+    vocab, device, dtype = sampled[0].shape[-1], sampled[0].device, sampled[0].dtype
+    probs = torch.nn.functional.one_hot(ids.cpu(), vocab).to(dtype).to(device)
+    for column, q in enumerate(q_columns[:width]):
+        if q is not None:
+            probs[:, column] = q
     return Proposal(ids=ids, lengths=lengths, probs=probs)
