@@ -435,10 +435,10 @@ class GrammarRun:
     decode_tokens_per_s: float | None = None
     warning: str | None = None  # hfspec.IncompleteOutputWarning message, if one was raised
     engine_valid: bool | None = None  # hfspec's own grammar_valid flag (hfspec grammar configs)
-    mask_seconds: float | None = None  # hfspec: SpecStats.mask_seconds; hf_xgrammar: processor calls
+    grammar_seconds: float | None = None  # hfspec: SpecStats.grammar_seconds; hf_xgrammar: its processor's calls
     masks: int | None = None  # hfspec: masks filled; hf_xgrammar: processor calls
-    mask_us_per_mask: float | None = None
-    mask_us_per_token: float | None = None  # mask time / new tokens
+    grammar_us_per_mask: float | None = None
+    grammar_us_per_token: float | None = None  # grammar time / new tokens
     spec: dict[str, Any] | None = None  # SpecStats (hfspec configs)
     reference: str | None = None  # config this output must equal (greedy)
     identical: bool | None = None
@@ -596,23 +596,23 @@ class GrammarRunner:
         if hasattr(out, "grammar_valid") and out.grammar_valid is not None:
             run.engine_valid = bool(out.grammar_valid[0])
         if processor is not None:
-            self._set_mask_time(run, processor.seconds, processor.calls)
+            self._set_grammar_time(run, processor.seconds, processor.calls)
         elif config in CONFIGS and config != BASELINE:
             run.spec = {
                 **bench.spec_summary(stats),
                 "acceptance_rate": stats.acceptance_rate if stats.drafted else None,
-                "mask_seconds": stats.mask_seconds,
+                "grammar_seconds": stats.grammar_seconds,
                 "masks_filled": stats.masks_filled,
             }
             if config in GRAMMAR_CONFIGS:
-                self._set_mask_time(run, stats.mask_seconds, stats.masks_filled)
+                self._set_grammar_time(run, stats.grammar_seconds, stats.masks_filled)
         return run
 
     @staticmethod
-    def _set_mask_time(run: GrammarRun, seconds: float, masks: int) -> None:
-        run.mask_seconds, run.masks = seconds, masks
-        run.mask_us_per_mask = 1e6 * seconds / masks if masks else None
-        run.mask_us_per_token = 1e6 * seconds / run.new_tokens if run.new_tokens else None
+    def _set_grammar_time(run: GrammarRun, seconds: float, masks: int) -> None:
+        run.grammar_seconds, run.masks = seconds, masks
+        run.grammar_us_per_mask = 1e6 * seconds / masks if masks else None
+        run.grammar_us_per_token = 1e6 * seconds / run.new_tokens if run.new_tokens else None
 
 
 # --------------------------------------------------------------------------- the schedule
@@ -714,8 +714,8 @@ def per_schema_rows(runs: Sequence[GrammarRun], configs: Sequence[str]) -> list[
                     "target_forwards": statistics.median(r.target_forwards for r in group),
                     "tau": statistics.median(r.tau for r in group),
                     "acceptance_rate": _median([s["acceptance_rate"] for s in specs]),
-                    "mask_us_per_mask": _median([r.mask_us_per_mask for r in group]),
-                    "mask_us_per_token": _median([r.mask_us_per_token for r in group]),
+                    "grammar_us_per_mask": _median([r.grammar_us_per_mask for r in group]),
+                    "grammar_us_per_token": _median([r.grammar_us_per_token for r in group]),
                     "complete": sum(r.complete for r in group),
                     "valid": sum(r.valid for r in group),
                     "reference": group[0].reference,
@@ -741,7 +741,7 @@ def per_schema_rows(runs: Sequence[GrammarRun], configs: Sequence[str]) -> list[
 def config_rows(
     rows: Sequence[dict[str, Any]], runs: Sequence[GrammarRun], configs: Sequence[str]
 ) -> list[dict[str, Any]]:
-    """Per config over schemas: geomeans of rates and ratios, means of forwards and mask time, counts."""
+    """Per config over schemas: geomeans of rates and ratios, means of forwards and grammar time, counts."""
     out = []
     for config in configs:
         group = [r for r in rows if r["config"] == config]
@@ -765,8 +765,8 @@ def config_rows(
                 "mean_target_forwards": _mean([r["target_forwards"] for r in group]),
                 "mean_new_tokens": _mean([r["new_tokens"] for r in group]),
                 "acceptance_rate": _mean([r["acceptance_rate"] for r in group]),
-                "mask_us_per_mask": _mean([r["mask_us_per_mask"] for r in group]),
-                "mask_us_per_token": _mean([r["mask_us_per_token"] for r in group]),
+                "grammar_us_per_mask": _mean([r["grammar_us_per_mask"] for r in group]),
+                "grammar_us_per_token": _mean([r["grammar_us_per_token"] for r in group]),
                 "runs": len(timed),
                 "complete": sum(r.complete for r in timed),
                 "valid": sum(r.valid for r in timed),
@@ -894,7 +894,7 @@ SUMMARY_HEADER = (
     "target fwd / schema",
     "fwd saved by jump",
     "accept",
-    "mask µs/token",
+    "grammar µs/token",
     "complete & valid",
     "identical",
 )
@@ -907,7 +907,7 @@ PER_SCHEMA_HEADER = (
     "target fwd",
     "x hf_xgrammar",
     "accept",
-    "mask µs/token",
+    "grammar µs/token",
     "valid",
     "identical",
 )
@@ -932,7 +932,7 @@ def summary_table(results: dict[str, Any]) -> list[list[str]]:
                 bench._f(c["mean_target_forwards"], 1),
                 _saved(saved),
                 bench._f(c["acceptance_rate"]),
-                bench._f(c["mask_us_per_token"], 1),
+                bench._f(c["grammar_us_per_token"], 1),
                 f"{c['valid']}/{c['runs']} ({c['complete']} complete)",
                 bench._yn(c["identical"]),
             ]
@@ -957,7 +957,7 @@ def per_schema_table(results: dict[str, Any]) -> list[list[str]]:
             bench._f(r["target_forwards"], 0),
             bench._x(r["speedup_vs_hf_xgrammar"]),
             bench._f(r["acceptance_rate"]),
-            bench._f(r["mask_us_per_token"], 1),
+            bench._f(r["grammar_us_per_token"], 1),
             f"{r['valid']}/{r['runs']}",
             bench._yn(r["identical"]),
         ]
@@ -1018,9 +1018,10 @@ def render_section(results: dict[str, Any], key: str) -> str:
         '"decode tok/s" counts only what follows the first target forward (the one that reads the prompt): '
         "tokens committed later / time later, so outputs of different lengths are not weighed by prefill. "
         '"fwd saved by jump": '
-        "mean target forwards per schema saved against the same config without JumpForward. Mask µs/token: "
-        "grammar mask time (hfspec: SpecStats.mask_seconds; hf_xgrammar: the processor's calls) per new "
-        "token. "
+        "mean target forwards per schema saved against the same config without JumpForward. Grammar µs/token: "
+        "all grammar work per new token (hfspec: SpecStats.grammar_seconds, i.e. walking drafts, filling and "
+        "applying masks, checking drafts, committing, jump-forward strings; hf_xgrammar: the whole processor "
+        "call, which accepts, fills and applies). "
         "Valid: stopped with EOS and `jsonschema` finds no error.",
         "",
         identity_line(results),
@@ -1052,7 +1053,7 @@ def print_report(results: dict[str, Any], file: Any = None) -> None:
             bench._f(c["mean_target_forwards"], 1),
             bench._x(c["speedup_vs_hf_xgrammar"]),
             bench._f(c["acceptance_rate"]),
-            bench._f(c["mask_us_per_token"], 1),
+            bench._f(c["grammar_us_per_token"], 1),
             f"{c['valid']}/{c['runs']}",
             bench._yn(c["identical"]).strip("*"),
         ]

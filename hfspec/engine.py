@@ -45,7 +45,7 @@ class SpecStats:
     accepted: int = 0  # of those, accepted
     emitted: int = 0  # tokens committed (summed over rows)
     row_steps: int = 0  # (row, verify step) pairs in which the row was still generating
-    mask_seconds: float = 0.0  # time filling grammar masks (grammar= calls)
+    grammar_seconds: float = 0.0  # grammar work (grammar= calls): walking, filling and applying masks, committing
     masks_filled: int = 0  # grammar masks filled (target and draft positions)
     per_step_emitted: list[int] = field(default_factory=list, repr=False)
 
@@ -231,7 +231,7 @@ def speculative_generate(
         session.on_commit(kept_slots)
 
     if grammar is not None:
-        stats.mask_seconds += grammar.mask_seconds
+        stats.grammar_seconds += grammar.seconds
         stats.masks_filled += grammar.masks_filled
     if streamer is not None:
         streamer.end()

@@ -84,7 +84,7 @@ def test_summary_fields(tiny_results):
             "speedup_vs_hf_xgrammar",
             "ratio_vs_unconstrained",
             "mean_target_forwards",
-            "mask_us_per_token",
+            "grammar_us_per_token",
             "complete",
             "valid",
             "runs",
@@ -97,8 +97,8 @@ def test_summary_fields(tiny_results):
     for config, free in bench_grammar.UNCONSTRAINED_OF.items():
         assert rows[config]["unconstrained"] == free and rows[config]["ratio_vs_unconstrained"] > 0
     for config in ("hf_xgrammar", "hfspec_grammar", "hfspec_grammar_jump"):
-        assert rows[config]["mask_us_per_token"] > 0
-    assert rows["hfspec_draft"]["mask_us_per_token"] is None
+        assert rows[config]["grammar_us_per_token"] > 0
+    assert rows["hfspec_draft"]["grammar_us_per_token"] is None
     # plain decoding: one target forward per new token; jump-forward never needs more forwards
     assert rows["hf_xgrammar"]["tau"] == pytest.approx(1.0)
     assert rows["hfspec_grammar"]["tau"] == pytest.approx(1.0)

@@ -10,6 +10,7 @@ verified position and to the draft's distribution at every drafted position (the
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,16 +47,23 @@ class GrammarRows:
         ]
         self.committed = [0] * batch_size  # tokens each matcher has accepted
         self._bitmask = xgr.allocate_token_bitmask(1, vocab_size)
-        self.mask_seconds = 0.0  # time spent filling masks (reported by benchmarks)
+        self.seconds = 0.0  # all grammar work: walking, filling and applying masks, committing
         self.masks_filled = 0
+
+    @contextlib.contextmanager
+    def clock(self):
+        """Add the block's wall time to ``seconds`` (benchmarks report it per token)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds += time.perf_counter() - start
 
     # ------------------------------------------------------------------ queries (state unchanged)
     def bitmasks(self, extra: torch.Tensor, n: int) -> torch.Tensor:
         """Bitmask (B * n, W) for n positions per row; position j's prefix is the committed tokens
         plus ``extra[i, :extra.shape[1] - (n - 1) + j]``. Positions after an ungrammatical extra token
         (which verification rejects before reaching them) and rows whose grammar ended allow all."""
-        import time
-
         batch = len(self.matchers)
         offset = extra.shape[1] - (n - 1)
         if self._bitmask.shape[0] < batch * n:
@@ -63,7 +71,6 @@ class GrammarRows:
         bitmask = self._bitmask[: batch * n]
         bitmask.fill_(-1)
         tokens = extra.tolist()
-        start = time.perf_counter()
         for row, matcher in enumerate(self.matchers):
             walked = 0
             for token in tokens[row][:offset]:
@@ -82,7 +89,6 @@ class GrammarRows:
                     self.masks_filled += 1
             if walked:
                 matcher.rollback(walked)
-        self.mask_seconds += time.perf_counter() - start
         if bool(bitmask.eq(0).all(dim=1).any()):
             raise GrammarError(
                 "The grammar reached a state that no token of this tokenizer can continue "
@@ -96,28 +102,31 @@ class GrammarRows:
         if v != self.vocab_size:
             raise GrammarError(f"internal: scores are {v} wide, the grammar was compiled for {self.vocab_size}")
         flat = scores.reshape(b * n, v)
-        self._xgr.apply_token_bitmask_inplace(flat, self.bitmasks(extra, n).to(flat.device))
+        with self.clock():
+            self._xgr.apply_token_bitmask_inplace(flat, self.bitmasks(extra, n).to(flat.device))
         return flat.reshape(b, n, v)
 
     def grammatical_prefix(self, drafts: torch.Tensor, num_drafts: torch.Tensor) -> torch.Tensor:
         """(B,) how many leading drafts of each row the grammar accepts (the rest would be rejected)."""
         out = torch.zeros_like(num_drafts)
         tokens = drafts.tolist()
-        for row, matcher in enumerate(self.matchers):
-            walked = 0
-            for token in tokens[row][: int(num_drafts[row])]:
-                if matcher.is_terminated() or not matcher.accept_token(int(token)):
-                    break
-                walked += 1
-            if walked:
-                matcher.rollback(walked)
-            out[row] = walked
+        with self.clock():
+            for row, matcher in enumerate(self.matchers):
+                walked = 0
+                for token in tokens[row][: int(num_drafts[row])]:
+                    if matcher.is_terminated() or not matcher.accept_token(int(token)):
+                        break
+                    walked += 1
+                if walked:
+                    matcher.rollback(walked)
+                out[row] = walked
         return out
 
     def jump_forward_string(self, row: int) -> str:
         """The text the grammar forces next for ``row`` ('' if none)."""
         matcher = self.matchers[row]
-        return "" if matcher.is_terminated() else matcher.find_jump_forward_string()
+        with self.clock():
+            return "" if matcher.is_terminated() else matcher.find_jump_forward_string()
 
     @contextlib.contextmanager
     def assuming(self, tokens: list[list[int]], *, strict: bool = True):
@@ -128,18 +137,20 @@ class GrammarRows:
         token the grammar refuses; otherwise the row stops there (e.g. after a drafted EOS)."""
         walked = [0] * len(self.matchers)
         try:
-            for row, matcher in enumerate(self.matchers):
-                for token in tokens[row]:
-                    if matcher.is_terminated() or not matcher.accept_token(int(token)):
-                        if strict:
-                            raise GrammarError(f"internal: assumed token {token} is not grammatical in row {row}")
-                        break
-                    walked[row] += 1
+            with self.clock():
+                for row, matcher in enumerate(self.matchers):
+                    for token in tokens[row]:
+                        if matcher.is_terminated() or not matcher.accept_token(int(token)):
+                            if strict:
+                                raise GrammarError(f"internal: assumed token {token} is not grammatical in row {row}")
+                            break
+                        walked[row] += 1
             yield walked
         finally:
-            for row, matcher in enumerate(self.matchers):
-                if walked[row]:
-                    matcher.rollback(walked[row])
+            with self.clock():
+                for row, matcher in enumerate(self.matchers):
+                    if walked[row]:
+                        matcher.rollback(walked[row])
 
     def terminated(self, row: int) -> bool:
         """Whether ``row``'s grammar has ended (a stop token was accepted)."""
@@ -148,8 +159,11 @@ class GrammarRows:
     # ------------------------------------------------------------------ state changes
     def commit(self, tokens: torch.Tensor, counts: torch.Tensor) -> None:
         """Accept tokens[i, :counts[i]] (the engine's committed tokens) into row i's matcher."""
-        rows = tokens.tolist()
-        for row, count in enumerate(counts.tolist()):
+        with self.clock():
+            self._commit(tokens.tolist(), counts.tolist())
+
+    def _commit(self, rows: list[list[int]], counts: list[int]) -> None:
+        for row, count in enumerate(counts):
             matcher = self.matchers[row]
             for token in rows[row][:count]:
                 if matcher.is_terminated():

@@ -75,9 +75,10 @@ class _JumpSession:
         for row in range(view.pending.shape[0]):
             budget = min(self.max_tokens, int(view.max_drafts[row]))
             text = grammar.jump_forward_string(row) if budget else ""
-            tokens = self.ctx.tokenizer.encode(text, add_special_tokens=False) if text else []
-            if open_end and tokens and tokens[-1] in prefix_tokens(self.ctx.tokenizer, self.ctx.vocab_size):
-                tokens = tokens[:-1]
+            with grammar.clock():  # tokenizing forced text is grammar work too
+                tokens = self.ctx.tokenizer.encode(text, add_special_tokens=False) if text else []
+                if open_end and tokens and tokens[-1] in prefix_tokens(self.ctx.tokenizer, self.ctx.vocab_size):
+                    tokens = tokens[:-1]
             out.append(tokens[:budget])
         width = max((len(f) for f in out), default=0)
         if width:  # keep only what the grammar accepts token by token (tokenizers may add odd pieces)
