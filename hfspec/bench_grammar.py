@@ -20,6 +20,7 @@ Configurations::
     hfspec_grammar_lookup      ... assistant_strategy=PromptLookup(num_tokens=K_lookup)
     hfspec_grammar_jump        ... assistant_strategy=JumpForward()
     hfspec_grammar_jump_draft  ... assistant_strategy=JumpForward(DraftModel(draft, num_tokens=K))
+    hfspec_grammar_jump_lookup ... assistant_strategy=JumpForward(PromptLookup(num_tokens=K_lookup))
     hfspec_draft               DraftModel without grammar (unconstrained reference)
     hfspec_lookup              PromptLookup without grammar (unconstrained reference)
 
@@ -60,6 +61,7 @@ GRAMMAR_CONFIGS = (
     "hfspec_grammar_lookup",
     "hfspec_grammar_jump",
     "hfspec_grammar_jump_draft",
+    "hfspec_grammar_jump_lookup",
 )
 UNCONSTRAINED_CONFIGS = ("hfspec_draft", "hfspec_lookup")
 CONFIGS = GRAMMAR_CONFIGS + UNCONSTRAINED_CONFIGS
@@ -68,9 +70,14 @@ UNCONSTRAINED_OF = {
     "hfspec_grammar_draft": "hfspec_draft",
     "hfspec_grammar_lookup": "hfspec_lookup",
     "hfspec_grammar_jump_draft": "hfspec_draft",
+    "hfspec_grammar_jump_lookup": "hfspec_lookup",
 }
 # jump-forward config -> the same config without jump-forward
-JUMP_PAIRS = {"hfspec_grammar_jump": "hfspec_grammar", "hfspec_grammar_jump_draft": "hfspec_grammar_draft"}
+JUMP_PAIRS = {
+    "hfspec_grammar_jump": "hfspec_grammar",
+    "hfspec_grammar_jump_draft": "hfspec_grammar_draft",
+    "hfspec_grammar_jump_lookup": "hfspec_grammar_lookup",
+}
 DEFAULT_OUT = bench.REPO_ROOT / "benchmarks" / "results" / "grammar-qwen2.5-coder-1.5b_0.5b.json"
 SYSTEM_PROMPT = "You are a helpful assistant."
 USER_TEMPLATE = (
@@ -467,6 +474,7 @@ def build_strategies(settings: GrammarBenchSettings, workload: GrammarWorkload) 
         "hfspec_grammar_lookup": lookup(),
         "hfspec_grammar_jump": hfspec.JumpForward(),
         "hfspec_grammar_jump_draft": hfspec.JumpForward(draft()),
+        "hfspec_grammar_jump_lookup": hfspec.JumpForward(lookup()),
         "hfspec_draft": draft(),
         "hfspec_lookup": lookup(),
     }
@@ -497,6 +505,10 @@ def strategy_settings(settings: GrammarBenchSettings) -> dict[str, dict[str, Any
         "hfspec_grammar_jump_draft": {
             "class": "JumpForward",
             "inner": f"DraftModel(num_tokens={settings.draft_tokens})",
+        },
+        "hfspec_grammar_jump_lookup": {
+            "class": "JumpForward",
+            "inner": f"PromptLookup(num_tokens={settings.lookup_tokens})",
         },
         "hfspec_draft": draft,
         "hfspec_lookup": lookup,
