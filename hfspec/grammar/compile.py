@@ -36,17 +36,16 @@ def tokenizer_key(tokenizer: Any, vocab_size: int) -> tuple:
 
 def compiler_for(tokenizer: Any, vocab_size: int):
     """The cached ``xgrammar.GrammarCompiler`` for this tokenizer and lm-head width."""
+    return _compiler_entry(tokenizer, vocab_size)[1]
+
+
+def _compiler_entry(tokenizer: Any, vocab_size: int) -> tuple[Any, Any, Any]:
+    """(tokenizer, compiler, TokenizerInfo), cached per tokenizer and lm-head width."""
     key = tokenizer_key(tokenizer, vocab_size)
     if key in _compilers:
         _compilers.move_to_end(key)
-        return _compilers[key][1]
-    _, compiler, _ = _load_compiler(tokenizer, vocab_size)
-    return compiler
-
-
-def _load_compiler(tokenizer: Any, vocab_size: int) -> tuple[Any, Any, Any]:
+        return _compilers[key]
     xgr = _xgr()
-    key = tokenizer_key(tokenizer, vocab_size)
     if len(tokenizer) > vocab_size:
         raise GrammarError(
             f"The tokenizer has {len(tokenizer)} tokens but the model's vocabulary is {vocab_size} wide: "
@@ -68,10 +67,10 @@ def prefix_tokens(tokenizer: Any, vocab_size: int) -> frozenset[int]:
     """Ids of tokens whose bytes are a proper prefix of another token's (``{`` of ``{"``, `` `` of
     `` true``). Forced text that ends in one of them may be spelled by the model with the longer
     token, so jump-forward leaves that last piece to the draft. Cached per tokenizer."""
-    compiler_for(tokenizer, vocab_size)
+    _, _, info = _compiler_entry(tokenizer, vocab_size)
     key = tokenizer_key(tokenizer, vocab_size)
     if key not in _prefix_tokens:
-        _prefix_tokens[key] = tokens_prefixing_others(_compilers[key][2].decoded_vocab)
+        _prefix_tokens[key] = tokens_prefixing_others(info.decoded_vocab)
     return _prefix_tokens[key]
 
 

@@ -59,6 +59,17 @@ class GrammarRows:
         finally:
             self.seconds += time.perf_counter() - start
 
+    @staticmethod
+    def _walk(matcher: Any, tokens: list[int]) -> int:
+        """Accept ``tokens`` while the grammar takes them; returns how many it took (the caller
+        rolls them back)."""
+        walked = 0
+        for token in tokens:
+            if matcher.is_terminated() or not matcher.accept_token(int(token)):
+                break
+            walked += 1
+        return walked
+
     # ------------------------------------------------------------------ queries (state unchanged)
     def bitmasks(self, extra: torch.Tensor, n: int) -> torch.Tensor:
         """Bitmask (B * n, W) for n positions per row; position j's prefix is the committed tokens
@@ -72,11 +83,7 @@ class GrammarRows:
         bitmask.fill_(-1)
         tokens = extra.tolist()
         for row, matcher in enumerate(self.matchers):
-            walked = 0
-            for token in tokens[row][:offset]:
-                if matcher.is_terminated() or not matcher.accept_token(int(token)):
-                    break
-                walked += 1
+            walked = self._walk(matcher, tokens[row][:offset])
             if walked == offset:
                 for j in range(n):
                     if j > 0:
@@ -112,11 +119,7 @@ class GrammarRows:
         tokens = drafts.tolist()
         with self.clock():
             for row, matcher in enumerate(self.matchers):
-                walked = 0
-                for token in tokens[row][: int(num_drafts[row])]:
-                    if matcher.is_terminated() or not matcher.accept_token(int(token)):
-                        break
-                    walked += 1
+                walked = self._walk(matcher, tokens[row][: int(num_drafts[row])])
                 if walked:
                     matcher.rollback(walked)
                 out[row] = walked
@@ -139,12 +142,10 @@ class GrammarRows:
         try:
             with self.clock():
                 for row, matcher in enumerate(self.matchers):
-                    for token in tokens[row]:
-                        if matcher.is_terminated() or not matcher.accept_token(int(token)):
-                            if strict:
-                                raise GrammarError(f"internal: assumed token {token} is not grammatical in row {row}")
-                            break
-                        walked[row] += 1
+                    walked[row] = self._walk(matcher, tokens[row])
+                    if strict and walked[row] < len(tokens[row]):
+                        token = tokens[row][walked[row]]
+                        raise GrammarError(f"internal: assumed token {token} is not grammatical in row {row}")
             yield walked
         finally:
             with self.clock():

@@ -64,6 +64,7 @@ class _JumpSession:
         self.max_tokens, self.ctx, self.inner = strategy.max_tokens, ctx, inner
         # Inner drafts per step: the inner strategy's own ``num_tokens`` (16 if it has none).
         self.inner_budget = int(getattr(strategy.inner, "num_tokens", 16))
+        self._prefix_ids: frozenset[int] | None = None  # tokens a longer token starts with (lazy)
 
     def forced_tokens(self, view: StepView, *, open_end: bool = False) -> list[list[int]]:
         """Per row, the tokens of the grammar's forced continuation (empty when nothing is forced).
@@ -77,7 +78,7 @@ class _JumpSession:
             text = grammar.jump_forward_string(row) if budget else ""
             with grammar.clock():  # tokenizing forced text is grammar work too
                 tokens = self.ctx.tokenizer.encode(text, add_special_tokens=False) if text else []
-                if open_end and tokens and tokens[-1] in prefix_tokens(self.ctx.tokenizer, self.ctx.vocab_size):
+                if open_end and tokens and tokens[-1] in self.prefix_ids:
                     tokens = tokens[:-1]
             out.append(tokens[:budget])
         width = max((len(f) for f in out), default=0)
@@ -86,6 +87,12 @@ class _JumpSession:
             keep = grammar.grammatical_prefix(ids, torch.tensor([len(f) for f in out]))
             out = [f[: int(k)] for f, k in zip(out, keep, strict=True)]
         return out
+
+    @property
+    def prefix_ids(self) -> frozenset[int]:
+        if self._prefix_ids is None:
+            self._prefix_ids = prefix_tokens(self.ctx.tokenizer, self.ctx.vocab_size)
+        return self._prefix_ids
 
     def propose(self, view: StepView) -> Proposal:
         if self.inner is None:
@@ -98,8 +105,7 @@ class _JumpSession:
         Each inner call sees the view the engine would show if everything proposed so far were
         committed, so a draft model's cache holds exactly the tokens that get verified, in the
         same slots, and its grammar masks are taken at the right state."""
-        grammar, batch = self.ctx.grammar, view.pending.shape[0]
-        rows: list[list[int]] = [[] for _ in range(batch)]
+        rows: list[list[int]] = [[] for _ in range(view.pending.shape[0])]
         q_columns: list[torch.Tensor | None] = []  # the inner's q per column; None = forced (one-hot)
         drafting = (view.max_drafts > 0).tolist()  # rows still extending their drafts
         forced_left, inner_left = self.max_tokens, self.inner_budget
