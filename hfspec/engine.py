@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import (
-    DynamicCache,
     GenerationConfig,
     LogitsProcessorList,
     PreTrainedModel,
@@ -28,11 +27,15 @@ from transformers import (
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from hfspec import acceptance
-from hfspec.cache import cache_length, crop_to
-from hfspec.engine_utils import forward, lm_head_width, position_ids
+from hfspec.committer import Committer
+from hfspec.engine_utils import lm_head_width
 from hfspec.grammar.rows import GrammarRows
+from hfspec.masks import check_attention
 from hfspec.processors import PrefixProcessor
 from hfspec.proposers.base import SessionContext, StepView, Strategy
+from hfspec.runner import ModelRunner, eager_runner
+from hfspec.step import StepResult, VerifyBatch, VerifyTarget, build_verify_batch, softmax_target
+from hfspec.tree import chain_parents, is_chain, path_tokens
 
 
 @dataclass
@@ -81,74 +84,78 @@ class SlotLayout:
         """No separate prefill: the last prompt token is pending, the rest are slots not yet seen."""
         return cls(input_ids[:, :-1], mask[:, :-1], input_ids[:, -1])
 
-    def verify_inputs(self, drafts: torch.Tensor, seen: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(input_ids, attention_mask, position_ids) to read unseen slots + pending + drafts."""
-        step = torch.cat([self.pending[:, None], drafts], dim=1)
-        mask = torch.cat([self.mask, torch.ones_like(step)], dim=1)
-        return torch.cat([self.tokens[:, seen:], step], dim=1), mask, position_ids(mask)[:, seen:]
+    @property
+    def num_slots(self) -> int:
+        return self.tokens.shape[1]
 
-    def advance(self, drafts: torch.Tensor, accepted: torch.Tensor, next_token: torch.Tensor) -> int:
-        """Keep pending + the longest row's accepted drafts as slots, masking what shorter rows
-        rejected; ``next_token`` becomes pending. Returns the new number of slots."""
-        longest = int(accepted.max()) if accepted.numel() else 0
-        step = torch.cat([self.pending[:, None], drafts], dim=1)[:, : longest + 1]
-        valid = (torch.arange(longest + 1)[None, :] <= accepted[:, None]).long().to(self.mask.device)
-        self.tokens = torch.cat([self.tokens, step], dim=1)
+    def advance(self, result: StepResult) -> int:
+        """Append the committed path's slots (pending + accepted drafts, holes where a row accepted
+        fewer than the longest row); ``next_token`` becomes pending. Returns the new number of slots."""
+        m = result.path.shape[1]
+        step = torch.cat([self.pending[:, None], result.emitted[:, : m - 1]], dim=1)
+        valid = (torch.arange(m)[None, :] <= result.num_accepted[:, None].cpu()).long().to(self.mask.device)
+        self.tokens = torch.cat([self.tokens, step.to(self.tokens.device)], dim=1)
         self.mask = torch.cat([self.mask, valid], dim=1)
-        self.pending = next_token
-        return self.mask.shape[1]
+        self.pending = result.next_token.to(self.pending.device)
+        return self.num_slots
 
 
-def accept(scores, drafts, num_drafts, draft_probs, do_sample: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The acceptance rule for this call: greedy on scores, or speculative sampling on softmax."""
-    if not do_sample:
-        return acceptance.greedy_accept(drafts, num_drafts, scores)
-    q = draft_probs[:, : drafts.shape[1]].to(scores.device) if draft_probs is not None else None
-    return acceptance.speculative_accept(drafts, num_drafts, q, torch.softmax(scores, dim=-1))
+def accept(scores, batch: VerifyBatch, draft_probs, do_sample: bool, target: VerifyTarget) -> StepResult:
+    """The acceptance rule for this call over the verified tree (chains use the chain rules)."""
+    tokens, parents, num_nodes = batch.node_tokens, batch.parents, batch.num_nodes
+    b, n = tokens.shape
+    q = None
+    if do_sample and draft_probs is not None:
+        q = draft_probs[:, :n].to(scores.device)
+        if q.shape[1] < n:  # padding nodes: never decisive (acceptance stops at num_nodes)
+            q = torch.cat([q, q.new_zeros((b, n - q.shape[1], q.shape[2]))], dim=1)
+    if is_chain(parents):
+        if not do_sample:
+            n_acc, next_token = acceptance.greedy_accept(tokens, num_nodes, scores)
+        else:
+            n_acc, next_token = acceptance.speculative_accept(tokens, num_nodes, q, target(scores))
+        longest = int(n_acc.max()) if b else 0
+        path = torch.arange(longest + 1, device=tokens.device).expand(b, longest + 1)
+    else:
+        from hfspec import tree_acceptance
+
+        if not do_sample:
+            walk = tree_acceptance.greedy_tree_accept(tokens, parents, num_nodes, scores)
+        else:
+            walk = tree_acceptance.stochastic_tree_accept(tokens, parents, num_nodes, q, target(scores))
+        n_acc, next_token = walk.num_accepted, walk.next_token
+        longest = int(n_acc.max()) if b else 0
+        nodes = walk.path[:, :longest].clamp_min(0)
+        path = torch.cat([torch.zeros_like(nodes[:, :1]), nodes + 1], dim=1)
+    drafted = tokens.gather(1, (path[:, 1:] - 1).clamp_min(0))
+    emitted = torch.cat([drafted, next_token[:, None]], dim=1).scatter(1, n_acc[:, None], next_token[:, None])
+    return StepResult(
+        path=path,
+        num_accepted=n_acc,
+        next_token=next_token,
+        emitted=emitted,
+        kept=torch.zeros_like(n_acc),
+        kept_slots=0,
+        log_weight=torch.zeros(b, dtype=scores.dtype, device=scores.device),
+    )
 
 
-class _Committer:
-    """Appends accepted tokens row by row, applies stopping criteria per token, streams."""
-
-    def __init__(self, ids, lengths, stopping: StoppingCriteriaList, streamer, record_scores: bool):
-        self.ids, self.lengths, self.stopping, self.streamer = ids, lengths, stopping, streamer
-        self.finished = torch.zeros(ids.shape[0], dtype=torch.bool)
-        self.scores: list[list[torch.Tensor]] | None = [[] for _ in range(ids.shape[0])] if record_scores else None
-
-    def commit(self, tokens: torch.Tensor, counts: torch.Tensor, scores: torch.Tensor | None) -> torch.Tensor:
-        """Commit tokens[i, :counts[i]] for unfinished rows; returns how many each row kept (B,)."""
-        kept = torch.zeros_like(counts)
-        for row in range(tokens.shape[0]):
-            if self.finished[row]:
-                continue
-            for j in range(int(counts[row])):
-                length = int(self.lengths[row])
-                if length >= self.ids.shape[1]:  # out of room: max_length reached without a criterion
-                    self.finished[row] = True
-                    break
-                self.ids[row, length] = tokens[row, j]
-                self.lengths[row] = length + 1
-                kept[row] += 1
-                if self.scores is not None:
-                    self.scores[row].append(scores[row, j])
-                if bool(self.stopping(self.ids[row : row + 1, : length + 1], None).any()):
-                    self.finished[row] = True
-                    break
-        if self.streamer is not None and int(kept[0]) > 0:
-            end = int(self.lengths[0])
-            self.streamer.put(self.ids[0:1, end - int(kept[0]) : end].cpu())
-        return kept
-
-    def stacked_scores(self) -> tuple[torch.Tensor, ...] | None:
-        """HF layout: one (B, V) tensor per generated position; finished rows get -inf."""
-        if self.scores is None:
-            return None
-        steps = max(len(s) for s in self.scores)
-        width = next(s[0] for s in self.scores if s).shape[-1]
-        fill = torch.full((width,), float("-inf"))
-        return tuple(
-            torch.stack([s[t] if t < len(s) else fill for s in self.scores]) for t in range(steps)
-        )
+def process_tree(processor: PrefixProcessor, ids, lengths, batch: VerifyBatch, logits) -> torch.Tensor:
+    """Processed scores (B, N+1, V) where each column's prefix is the committed ids + its path."""
+    if processor.position_free and processor.grammar is None:
+        return processor(ids, lengths, ids[:, :0], logits)
+    out = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+    depth_max = batch.node_tokens.shape[1]
+    for column in range(logits.shape[1]):
+        paths = path_tokens(batch.node_tokens, batch.parents, batch.num_nodes, column)
+        prefix = ids.new_zeros((ids.shape[0], ids.shape[1] + depth_max))
+        prefix[:, : ids.shape[1]] = ids
+        for row, path in enumerate(paths):
+            start = int(lengths[row])
+            prefix[row, start : start + len(path)] = torch.tensor(path, dtype=ids.dtype)
+        new_lengths = lengths + torch.tensor([len(p) for p in paths], dtype=lengths.dtype)
+        out[:, column : column + 1] = processor(prefix, new_lengths, ids[:, :0], logits[:, column : column + 1])
+    return out
 
 
 def speculative_generate(
@@ -164,13 +171,18 @@ def speculative_generate(
     stats: SpecStats | None = None,
     grammar: GrammarRows | None = None,
     tokenizer=None,
+    runner: ModelRunner | None = None,
+    verify_target: VerifyTarget = softmax_target,
 ) -> torch.Tensor | GenerateDecoderOnlyOutput:
     """Run lossless speculative decoding; inputs are already validated by ``hfspec.api``.
 
     With ``grammar`` every verified and drafted distribution is masked, drafts are cut at their
     first ungrammatical token (verification would reject it anyway) and the matchers advance by
-    the committed tokens only.
+    the committed tokens only. ``runner`` runs the target's forwards (default: eager over a
+    dynamic cache; ``hfspec.compile`` plans bring a compiled one over a static cache).
+    ``verify_target`` maps processed scores to the distribution drafts are verified against.
     """
+    check_attention(model)
     stats = stats if stats is not None else SpecStats()
     stats.calls += 1
     batch, prompt_len = input_ids.shape
@@ -187,9 +199,9 @@ def speculative_generate(
     ids[:, :prompt_len] = input_ids
     lengths = torch.full((batch,), prompt_len, dtype=torch.long)
     starts = mask.argmax(dim=-1).cpu()
-    committer = _Committer(ids, lengths, stopping_criteria, streamer, want_scores)
+    committer = Committer(ids, lengths, stopping_criteria, streamer, want_scores)
 
-    cache = DynamicCache(config=model.config)
+    runner = runner if runner is not None else eager_runner(model, batch)
     layout = SlotLayout.for_prompt(input_ids, mask)
     session = strategy.start(
         SessionContext(
@@ -203,32 +215,50 @@ def speculative_generate(
             tokenizer=tokenizer,
         )
     )
+    budget = runner.node_budget
     while not bool(committer.finished.all()):
         active = ~committer.finished
-        max_drafts = torch.where(active, (max_length - lengths - 1).clamp_min(0), torch.zeros_like(lengths))
+        room = (max_length - lengths - 1).clamp_min(0)
+        if budget is not None:
+            room = room.clamp_max(budget)
+        max_drafts = torch.where(active, room, torch.zeros_like(lengths))
         proposal = session.propose(
             StepView(ids, lengths, starts, layout.tokens, layout.mask, layout.pending, max_drafts)
         )
-        num_drafts = torch.minimum(proposal.lengths.cpu(), max_drafts)
+        num_nodes = torch.minimum(proposal.lengths.cpu(), max_drafts)
+        parents = proposal.parents
         if grammar is not None:
-            num_drafts = torch.minimum(num_drafts, grammar.grammatical_prefix(proposal.ids, num_drafts))
-        drafts = proposal.ids[:, : int(num_drafts.max()) if batch else 0].to(device)
-        k = drafts.shape[1]
+            num_nodes = torch.minimum(num_nodes, grammar.grammatical_prefix(proposal.ids, num_nodes))
+        width = int(num_nodes.max()) if batch else 0
+        if parents is not None and not is_chain(parents[:, :width]):
+            width = proposal.ids.shape[1]  # a tree keeps its node order; padding nodes are ignored
+        node_tokens = proposal.ids[:, :width].to(device)
+        parents = parents[:, :width].to(device) if parents is not None else chain_parents(batch, width, device)
 
-        tokens, verify_mask, positions = layout.verify_inputs(drafts, seen=cache_length(cache))
-        scores = processor(ids, lengths, drafts, forward(model, tokens, verify_mask, positions, cache, keep=k + 1))
-        n_acc, next_token = accept(scores, drafts, num_drafts, proposal.probs, do_sample)
+        verify = build_verify_batch(
+            layout.tokens, layout.mask, runner.store.length, layout.pending, node_tokens, parents, num_nodes, budget
+        )
+        logits = runner.verify(verify)
+        if is_chain(verify.parents):
+            scores = processor(ids, lengths, verify.node_tokens, logits)
+        else:
+            scores = process_tree(processor, ids, lengths, verify, logits)
+        result = accept(scores, verify, proposal.probs, do_sample, verify_target)
 
-        emitted = torch.cat([drafts, next_token[:, None]], dim=1).scatter(1, n_acc[:, None], next_token[:, None])
-        n_acc = n_acc.cpu()
-        kept = committer.commit(emitted, n_acc + 1, scores)
+        n_acc = result.num_accepted.cpu()
+        result.kept = committer.commit(result.emitted, n_acc + 1, scores.gather(
+            1, result.path.to(scores.device)[..., None].expand(-1, -1, scores.shape[-1])
+        ) if want_scores else None)
         if grammar is not None:
-            grammar.commit(emitted, kept)
-        stats.record(num_drafts, n_acc, kept, active)
+            grammar.commit(result.emitted, result.kept)
+        stats.record(num_nodes, n_acc, result.kept, active)
 
-        kept_slots = layout.advance(drafts, torch.where(active, n_acc, torch.zeros_like(n_acc)), next_token)
-        crop_to(cache, kept_slots)
-        session.on_commit(kept_slots)
+        result.num_accepted = torch.where(active, n_acc, torch.zeros_like(n_acc))
+        base = layout.num_slots
+        result.kept_slots = layout.advance(result)
+        slot_valid = layout.mask[:, base:].bool()
+        runner.store.keep(base, result.path[:, : result.kept_slots - base], slot_valid)
+        session.on_commit(result)
 
     if grammar is not None:
         stats.grammar_seconds += grammar.seconds

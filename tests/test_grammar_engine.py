@@ -17,6 +17,7 @@ import xgrammar as xgr
 from transformers import LogitsProcessor, LogitsProcessorList
 
 import hfspec
+import hfspec.acceptance
 from hfspec import testing_dist
 from hfspec.grammar import call as grammar_call
 from hfspec.grammar.compile import compile_spec
@@ -297,18 +298,18 @@ def test_planted_stale_mask_bug_is_rejected(sampling_setup, monkeypatch):
     assert pvalue(counts, exact) < ALPHA
 
 
-def trusting_accept(scores, drafts, num_drafts, draft_probs, do_sample):
+def trusting_accept(drafts, num_drafts, draft_probs, target_probs, **kwargs):
     """Planted bug: take every draft as accepted ("forced tokens have p = 1") and sample the next."""
-    rows = torch.arange(scores.shape[0])
-    n = num_drafts.to(scores.device)
-    return n, torch.multinomial(torch.softmax(scores[rows, n], dim=-1), 1).squeeze(1)
+    rows = torch.arange(target_probs.shape[0])
+    n = num_drafts.to(target_probs.device)
+    return n, torch.multinomial(target_probs[rows, n], 1).squeeze(1)
 
 
 def test_planted_unverified_jump_forward_is_rejected(sampling_setup, monkeypatch):
     """Jump-forward without verification forces the tokenizer's split of "abz": the model's
     other split ("a", "b", "z") vanishes, so the distribution over token sequences changes."""
     target, _, spec, exact = sampling_setup
-    monkeypatch.setattr(hfspec.engine, "accept", trusting_accept)
+    monkeypatch.setattr(hfspec.acceptance, "speculative_accept", trusting_accept)
     counts = sample_counts(target, spec, hfspec.JumpForward())
     assert pvalue(counts, exact) < ALPHA
 

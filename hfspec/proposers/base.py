@@ -15,15 +15,21 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel
 
 from hfspec.processors import PrefixProcessor
+from hfspec.step import StepResult
 
 
 @dataclass
 class Proposal:
-    """Drafts for one step. Rows use only their first ``lengths[i]`` columns."""
+    """Draft nodes for one step: a token tree per row (hfspec.tree), a chain when ``parents`` is None.
 
-    ids: torch.Tensor  # (B, k) long; padding columns hold any token id
-    lengths: torch.Tensor  # (B,) long, 0 <= lengths[i] <= k
-    probs: torch.Tensor | None = None  # (B, k, V_target) q each draft was sampled from; None = deterministic
+    Rows use only their first ``lengths[i]`` nodes. A chain's nodes are accepted as a prefix; a
+    tree's accepted nodes form one root-to-node path.
+    """
+
+    ids: torch.Tensor  # (B, k) long: token of each node; padding columns hold any token id
+    lengths: torch.Tensor  # (B,) long, 0 <= lengths[i] <= k: real nodes per row
+    probs: torch.Tensor | None = None  # (B, k, V_target) q each node was sampled from (one-hot rows = deterministic); None = all deterministic
+    parents: torch.Tensor | None = None  # (B, k) long: parent node of each node, -1 = the pending token; None = chain (j - 1)
 
 
 @dataclass
@@ -51,14 +57,16 @@ class SessionContext:
     batch_size: int
     grammar: Any = None  # hfspec.grammar.rows.GrammarRows when the call has grammar=
     tokenizer: Any = None  # the call's tokenizer, when known
+    draft_runner: Any = None  # hfspec.runner.ModelRunner for the draft model (compiled plans bring one)
 
 
 @runtime_checkable
 class ProposerSession(Protocol):
     def propose(self, view: StepView) -> Proposal: ...
 
-    def on_commit(self, kept_slots: int) -> None:
-        """The target cache now has ``kept_slots`` slots; drop anything of yours beyond that."""
+    def on_commit(self, result: StepResult) -> None:
+        """The step committed ``result``; the target cache now holds ``result.kept_slots`` slots
+        (drop anything of yours beyond that). ``result`` also says which path was accepted."""
         ...
 
 
@@ -86,5 +94,5 @@ class NoDrafts:
     def propose(self, view: StepView) -> Proposal:
         return Proposal(ids=view.pending.new_zeros((view.pending.shape[0], 0)), lengths=torch.zeros_like(view.max_drafts))
 
-    def on_commit(self, kept_slots: int) -> None:
+    def on_commit(self, result: StepResult) -> None:
         """Nothing cached."""

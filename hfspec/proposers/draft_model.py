@@ -1,18 +1,21 @@
 """Draft-model proposer: a small LM sharing the target's vocabulary drafts k tokens.
 
-The draft's KV cache uses the engine's slot layout (see engine.py), so after each step it is
-cropped to the target's kept length and re-fed only the slots it has not seen yet.
+The draft's KV store uses the engine's slot layout (see engine.py), so after each step it is
+truncated to the target's kept length and re-fed only the slots it has not seen yet; masks are
+explicit (hfspec.masks), so holes, sliding windows and static caches need nothing special here.
 """
 
 from __future__ import annotations
 
 import torch
-from transformers import DynamicCache, GenerationConfig, PreTrainedModel
+from transformers import GenerationConfig, PreTrainedModel
 
-from hfspec.cache import cache_length, crop_to
-from hfspec.engine_utils import fit_width, forward, lm_head_width, position_ids
+from hfspec.engine_utils import fit_width, lm_head_width, position_ids
 from hfspec.exceptions import ConfigurationError, IncompatibleDraftError
+from hfspec.masks import check_attention
 from hfspec.proposers.base import Proposal, SessionContext, StepView
+from hfspec.runner import eager_runner
+from hfspec.step import StepResult
 
 # Lm-head widths are often padded past the tokenizer (Qwen2.5: 151,936 vs 152,064); more
 # than this relative difference means a different vocabulary, not padding.
@@ -60,6 +63,7 @@ class DraftModel:
     def validate(self, target: PreTrainedModel, generation_config: GenerationConfig) -> None:
         if self.draft_model.config.is_encoder_decoder:
             raise ConfigurationError("DraftModel needs a decoder-only draft model.")
+        check_attention(self.draft_model)
         t_width, d_width = lm_head_width(target), lm_head_width(self.draft_model)
         if abs(t_width - d_width) > _MAX_WIDTH_MISMATCH * max(t_width, d_width):
             raise IncompatibleDraftError(
@@ -89,21 +93,25 @@ class _DraftSession:
         self.sample = ctx.do_sample if strategy.do_sample is None else strategy.do_sample
         self.threshold = strategy.confidence_threshold
         self.ctx = ctx
-        self.cache = DynamicCache(config=self.model.config)
+        self.runner = ctx.draft_runner if ctx.draft_runner is not None else eager_runner(self.model, ctx.batch_size)
 
     def propose(self, view: StepView) -> Proposal:
         batch = view.pending.shape[0]
         k = min(self.num_tokens, int(view.max_drafts.max()))
         if k == 0:
             return Proposal(ids=view.pending.new_zeros((batch, 0)), lengths=view.max_drafts.clone())
-        seen = cache_length(self.cache)
+        store = self.runner.store
+        seen = min(store.length, view.slot_tokens.shape[1])
+        store.truncate(seen)
+        store.valid[:, :seen] = view.slot_mask[:, :seen].bool().to(store.valid.device)  # holes the target rejected
         tokens = torch.cat([view.slot_tokens[:, seen:], view.pending[:, None]], dim=1)
         mask = torch.cat([view.slot_mask, torch.ones_like(view.pending)[:, None]], dim=1)
         positions = position_ids(mask)[:, seen:]
+        valid = mask[:, seen:].bool()
         drafts: list[torch.Tensor] = []
         probs: list[torch.Tensor] = []
         for _ in range(k):
-            logits = forward(self.model, tokens, mask, positions, self.cache, keep=1)
+            logits = self.runner.chain(tokens, positions, valid, keep=1)
             logits = fit_width(logits.to(view.ids.device), self.ctx.vocab_size)
             so_far = torch.stack(drafts, 1) if drafts else view.ids[:, :0]
             scores = self.ctx.processor(view.ids, view.lengths, so_far, logits)[:, 0]
@@ -115,11 +123,12 @@ class _DraftSession:
             if self.threshold > 0 and bool((q.max(dim=-1).values < self.threshold).all()):
                 break
             tokens = token[:, None]
-            mask = torch.cat([mask, torch.ones_like(tokens)], dim=1)
             positions = positions[:, -1:] + 1
+            valid = torch.ones_like(tokens, dtype=torch.bool)
         ids = torch.stack(drafts, dim=1)
         lengths = torch.full((batch,), ids.shape[1], dtype=torch.long).minimum(view.max_drafts)
         return Proposal(ids=ids, lengths=lengths, probs=torch.stack(probs, dim=1) if probs else None)
 
-    def on_commit(self, kept_slots: int) -> None:
-        crop_to(self.cache, kept_slots)
+    def on_commit(self, result: StepResult) -> None:
+        """Drafts are chains: what the target kept is a prefix of what this cache holds."""
+        self.runner.store.truncate(result.kept_slots)

@@ -149,9 +149,9 @@ class _JumpSession:
                 drafting[row] = False
         return _view_after(view, torch.tensor(chunk, dtype=view.pending.dtype, device=view.pending.device))
 
-    def on_commit(self, kept_slots: int) -> None:
+    def on_commit(self, result) -> None:
         if self.inner is not None:
-            self.inner.on_commit(kept_slots)
+            self.inner.on_commit(result)
 
 
 def _view_after(view: StepView, forced: torch.Tensor) -> StepView:

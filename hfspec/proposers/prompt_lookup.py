@@ -94,5 +94,5 @@ class _LookupSession:
             ids[row, : len(tokens)] = tokens
         return Proposal(ids=ids, lengths=lengths)
 
-    def on_commit(self, kept_slots: int) -> None:
+    def on_commit(self, result) -> None:
         """Nothing cached; the copy pointer is advanced from the row lengths in ``propose``."""
