@@ -19,6 +19,7 @@ from hfspec.exceptions import (
 )
 from hfspec.grammar import EBNF, JSON, GrammarLogitsProcessor, JSONSchema, Lark, Regex, StructuralTag
 from hfspec.grammar.call import GrammarDecoderOnlyOutput, IncompleteOutputWarning
+from hfspec.lowering import CompiledPlan, compile
 from hfspec.proposers import DraftModel, JumpForward, PromptLookup
 
 __version__ = "0.1.0"
@@ -26,6 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     "EBNF",
     "JSON",
+    "CompiledPlan",
     "ConfigurationError",
     "DraftModel",
     "GrammarDecoderOnlyOutput",
@@ -45,6 +47,7 @@ __all__ = [
     "StructuralTag",
     "UnenforcedSchemaError",
     "SpecStats",
+    "compile",
     "disable",
     "enable",
     "generate",

@@ -44,9 +44,26 @@ from transformers import GenerationConfig, PreTrainedModel
 
 import hfspec
 
-CONFIGS = ("hf_plain", "hf_assisted", "hf_prompt_lookup", "hfspec_draft", "hfspec_lookup")
-HF_SPECULATIVE = ("hf_assisted", "hf_prompt_lookup")
-HFSPEC_CONFIGS = ("hfspec_draft", "hfspec_lookup")
+CONFIGS = (
+    "hf_plain",
+    "hf_assisted",
+    "hf_prompt_lookup",
+    "hf_compiled",
+    "hf_compiled_autotune",
+    "hfspec_draft",
+    "hfspec_lookup",
+    "hfspec_draft_compiled",
+    "hfspec_lookup_compiled",
+)
+DEFAULT_CONFIGS = ("hf_plain", "hf_assisted", "hf_prompt_lookup", "hfspec_draft", "hfspec_lookup")
+# HF's built-ins a user could pick instead: its speculative methods and its static-cache + torch.compile decoding
+HF_SPECULATIVE = ("hf_assisted", "hf_prompt_lookup", "hf_compiled", "hf_compiled_autotune")
+HF_COMPILED = ("hf_compiled", "hf_compiled_autotune")
+HFSPEC_CONFIGS = ("hfspec_draft", "hfspec_lookup", "hfspec_draft_compiled", "hfspec_lookup_compiled")
+HFSPEC_COMPILED = ("hfspec_draft_compiled", "hfspec_lookup_compiled")
+# The best inductor options HF's CompileConfig accepts: freezing crashes there (its static cache is a
+# module attribute that freezing folds as a constant; DESIGN.md §8), so max-autotune without it.
+HF_AUTOTUNE_OPTIONS = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
 MODES = ("greedy", "sample")
 SCHEMA = "hfspec-bench/1"
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -77,7 +94,7 @@ class BenchSettings:
     max_new_tokens: int = 64
     repeats: int = 1
     modes: tuple[str, ...] = MODES
-    configs: tuple[str, ...] = CONFIGS
+    configs: tuple[str, ...] = DEFAULT_CONFIGS
     prompts: tuple[str, ...] | None = None  # None = all prompts
     prompts_file: str | None = None
     temperature: float = 0.7
@@ -91,6 +108,9 @@ class BenchSettings:
     lookup_max_ngram: int = 3
     lookup_min_ngram: int = 2
     progress: bool = True
+    compile_backend: str = "inductor"  # hfspec_*_compiled: hfspec.compile(backend=...)
+    compile_options: dict[str, Any] | None = None  # None: hfspec's CPU default (freezing + max-autotune CPP)
+    capacity: int = 1024  # hfspec_*_compiled: static KV capacity
 
 
 @dataclass
@@ -260,21 +280,52 @@ def describe_model(model: PreTrainedModel, name: str) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- one run
 class ForwardCounter:
-    """Counts the target's forward calls. HF configs expose no stats, so a hook gives tau for all alike."""
+    """Counts the target's forward calls. HF configs expose no stats, so a hook gives tau for all alike.
+
+    Compiled configs run with the hook removed (dynamo would trace it into the graph and recompile
+    on every new count); they count their forwards themselves (see ``Runner.run``)."""
 
     def __init__(self, model: PreTrainedModel) -> None:
         self.count = 0
+        self.model = model
         self._handle = model.register_forward_hook(self._hook)
 
     def _hook(self, module, args, output) -> None:
         self.count += 1
+
+    @contextlib.contextmanager
+    def suspended(self) -> Iterator[None]:
+        self._handle.remove()
+        try:
+            yield
+        finally:
+            self._handle = self.model.register_forward_hook(self._hook)
 
     def remove(self) -> None:
         self._handle.remove()
 
 
 def build_strategies(settings: BenchSettings, workload: Workload) -> dict[str, Any]:
-    """hfspec strategies are reusable configuration, so one instance per config serves every run."""
+    """hfspec strategies are reusable configuration, so one instance per config serves every run.
+
+    Compiled configs share one plan's graphs (one frozen copy of each model's weights); they
+    compile on their first (warm-up) call."""
+    strategies = _eager_strategies(settings, workload)
+    if any(c in settings.configs for c in HFSPEC_COMPILED):
+        kwargs = dict(backend=settings.compile_backend, capacity=settings.capacity, options=settings.compile_options)
+        budget = max(settings.draft_tokens, settings.lookup_tokens)
+        if "hfspec_draft_compiled" in settings.configs:
+            plan = hfspec.compile(workload.target, strategies["hfspec_draft"], node_budget=budget, **kwargs)
+            strategies["hfspec_draft_compiled"] = plan
+            strategies["hfspec_lookup_compiled"] = plan.sharing(strategies["hfspec_lookup"])
+        else:
+            strategies["hfspec_lookup_compiled"] = hfspec.compile(
+                workload.target, strategies["hfspec_lookup"], node_budget=budget, **kwargs
+            )
+    return strategies
+
+
+def _eager_strategies(settings: BenchSettings, workload: Workload) -> dict[str, Any]:
     return {
         "hfspec_draft": hfspec.DraftModel(
             workload.draft,
@@ -328,6 +379,8 @@ def config_kwargs(
         return {"assistant_model": workload.draft}
     if config == "hf_prompt_lookup":
         return {"prompt_lookup_num_tokens": settings.lookup_tokens}
+    if config in HF_COMPILED:
+        return {"cache_implementation": "static", "compile_config": hf_compile_config(config)}
     if config in HFSPEC_CONFIGS:
         return {
             "custom_generate": hfspec.generate,
@@ -335,6 +388,14 @@ def config_kwargs(
             "speculation_stats": stats,
         }
     raise hfspec.ConfigurationError(f"unknown config {config!r}; choose from {CONFIGS}")
+
+
+def hf_compile_config(config: str) -> transformers.CompileConfig:
+    """HF's static-cache decoding compiled: its defaults, or the best inductor options it accepts."""
+    options = HF_AUTOTUNE_OPTIONS if config == "hf_compiled_autotune" else None
+    compile_config = transformers.CompileConfig(fullgraph=True, dynamic=False, options=options)
+    compile_config._compile_all_devices = True  # HF compiles only on accelerators otherwise
+    return compile_config
 
 
 def count_new_tokens(new_ids: torch.Tensor, eos_token_ids: Sequence[int]) -> int:
@@ -371,7 +432,10 @@ class Runner:
             **config_kwargs(config, workload, self.strategies, self.settings, stats),
         }
         inputs = {"input_ids": prompt.input_ids, "attention_mask": torch.ones_like(prompt.input_ids)}
-        with self._config_guard(config):
+        compiled = config in HF_COMPILED + HFSPEC_COMPILED
+        plan = self.strategies.get(config) if config in HFSPEC_COMPILED else None
+        before = plan.target.forwards if plan is not None else 0
+        with self._config_guard(config), self.counter.suspended() if compiled else contextlib.nullcontext():
             torch.manual_seed(seed)
             self.counter.count = 0
             start = time.perf_counter()
@@ -380,6 +444,10 @@ class Runner:
         new_ids = out[0, prompt.input_ids.shape[1] :]
         n_new = count_new_tokens(new_ids, workload.eos_token_ids)
         forwards = self.counter.count
+        if plan is not None:
+            forwards = plan.target.forwards - before  # eager prefill + compiled verify steps
+        elif config in HF_COMPILED:
+            forwards = int(new_ids.numel())  # plain decoding: one forward per generated token
         return RunRecord(
             mode=mode,
             prompt=prompt.name,
@@ -465,6 +533,14 @@ def benchmark(
                     )
                 )
                 tick(f"warm-up {mode} {config}")
+        for config in (c for c in settings.configs if c in HF_COMPILED):
+            # HF's static cache is sized prompt + max_new_tokens and each size is a new graph: warm
+            # every prompt at full length so the timed runs measure its steady state, not compiles
+            for prompt in workload.prompts[1:] if settings.warmup_tokens == settings.max_new_tokens else workload.prompts:
+                warmups.append(
+                    runner.run(prompt, config, "greedy", repeat=-1, seed=settings.seed, max_new_tokens=settings.max_new_tokens)
+                )
+                tick(f"warm-up {prompt.name} {config}")
         for mode, index, repeat, config in schedule(settings, workload.prompts):
             prompt, seed = workload.prompts[index], run_seed(settings, index, repeat)
             runs.append(
@@ -695,12 +771,22 @@ def build_results(
         "models": _jsonable(workload.models),
         "prompts": describe_prompts(workload),
         "all_greedy_identical": all(greedy) if greedy else None,
+        "compile": compile_report(warmups),
         "summary": rows,
         "geomean": geomean_rows(rows),
         "outputs": sample_texts(runs, workload),
         "warmup": [dataclasses.asdict(r) for r in warmups],
         "runs": [dataclasses.asdict(r) for r in runs],
     }
+
+
+def compile_report(warmups: Sequence[RunRecord]) -> dict[str, float]:
+    """Wall time of each compiled config's first warm-up call (compile + a few tokens)."""
+    out: dict[str, float] = {}
+    for run in warmups:
+        if run.config in HF_COMPILED + HFSPEC_COMPILED and run.config not in out:
+            out[run.config] = run.wall_s
+    return out
 
 
 def describe_prompts(workload: Workload) -> dict[str, dict[str, Any]]:
@@ -1006,6 +1092,7 @@ def run_benchmark(
 
     workload = workload if workload is not None else load_workload(settings)
     total = len(settings.modes) * len(settings.configs) * (1 + settings.repeats * len(workload.prompts))
+    total += sum(c in HF_COMPILED for c in settings.configs) * len(workload.prompts)
     load = {"start": load_average()}
     with tqdm(total=total, desc="hfspec bench", unit="run", disable=not settings.progress) as bar:
         warmups, runs = benchmark(settings, workload, progress=bar)

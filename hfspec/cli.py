@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmark hfspec against hf_plain, hf_assisted and hf_prompt_lookup in one process.",
     )
     _add_model_args(b)
-    _add_run_args(b, repeats_per="(mode, prompt, config)", configs=bench.CONFIGS)
+    _add_run_args(b, repeats_per="(mode, prompt, config)", configs=bench.CONFIGS, default=bench.DEFAULT_CONFIGS)
     b.add_argument(
         "--modes", type=comma_list(bench.MODES), default=bench.MODES, help="greedy,sample (default both)"
     )
@@ -231,13 +231,15 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_run_args(p: argparse.ArgumentParser, *, repeats_per: str, configs: Sequence[str]) -> None:
+def _add_run_args(
+    p: argparse.ArgumentParser, *, repeats_per: str, configs: Sequence[str], default: Sequence[str] | None = None
+) -> None:
     """Options shared by bench and bench-batch: what to repeat, on which prompts, where results go."""
     p.add_argument("--repeats", type=positive_int, default=1, help=f"timed repetitions per {repeats_per}")
     p.add_argument(
         "--configs",
         type=comma_list(configs),
-        default=tuple(configs),
+        default=tuple(default if default is not None else configs),
         help=f"subset of {','.join(configs)} (hf_plain is always added: it is the reference)",
     )
     p.add_argument(

@@ -160,6 +160,11 @@ class StaticStore(_Bookkeeping):
         self.cache = Cache(layers=[_IndexedLayer(self) for _ in range(num_layers)])
         self._init_book(batch, device)
 
+    @property
+    def allocated(self) -> bool:
+        """Buffers exist (after the first forward): compiled graphs must only ever see allocated buffers."""
+        return all(layer.is_initialized for layer in self.cache.layers)
+
     def reset(self) -> None:
         """Start a new call; buffers stay allocated (stale contents are never visible: masks read ``valid``)."""
         self._init_book(self.batch, self.valid.device)

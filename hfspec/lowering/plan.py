@@ -1,0 +1,320 @@
+"""``hfspec.compile``: a reusable plan of fixed-shape graphs over static KV caches.
+
+Why this shape (DESIGN.md §8, measured on 2-core CPUs): inductor's C++ GEMM templates
+(``max_autotune`` with the CPP backend) need *frozen* weights, and freezing folds everything
+that lives on the module, so HF's static cache (a module attribute) crashes there. Here the cache
+is a ``StaticStore`` outside the module, whose buffers are graph inputs written by index; the
+weights are frozen constants. One graph per model and fixed shape: the target's verify width
+(root + node budget) and the draft's one-token step. Prefill and odd widths run eagerly into the
+same buffers (long, variable shapes would each cost a graph and a frozen copy of the weights).
+
+    plan = hfspec.compile(model, hfspec.DraftModel(draft, num_tokens=7))
+    model.generate(**inputs, custom_generate=hfspec.generate, assistant_strategy=plan)
+"""
+
+from __future__ import annotations
+
+import time
+import types
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from transformers import GenerationConfig, PreTrainedModel
+
+from hfspec.exceptions import ConfigurationError
+from hfspec.kv import StaticStore
+from hfspec.masks import check_attention
+from hfspec.proposers.base import NoDrafts, ProposerSession, SessionContext, Strategy
+from hfspec.runner import ModelRunner
+from hfspec.step import VerifyBatch
+
+BACKENDS = ("inductor", "cudagraphs", "tensorrt", "eager")
+
+# Measured best on these CPUs (DESIGN.md §8): frozen weights + autotuned C++ micro-GEMMs.
+CPU_INDUCTOR_OPTIONS: dict[str, Any] = {
+    "freezing": True,
+    "max_autotune": True,
+    "max_autotune_gemm_backends": "CPP,ATEN",
+}
+
+
+def _num_layers(model: PreTrainedModel) -> int:
+    return int(model.config.get_text_config(decoder=True).num_hidden_layers)
+
+
+def _own_code(method):
+    """``method`` with a code object of its own. Dynamo keeps compiled graphs per code object, so
+    each runner's graph (and its frozen weights) lives and dies with the runner instead of piling
+    up, across plans, under one shared function and its recompile limit."""
+    fn = method.__func__
+    code = fn.__code__.replace(co_name=f"{fn.__name__}_{id(method.__self__):x}")
+    return types.MethodType(types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__), method.__self__)
+
+
+def _standard(t: torch.Tensor) -> torch.Tensor:
+    return t.clone(memory_format=torch.contiguous_format)
+
+
+class GraphRunner(ModelRunner):
+    """A ``ModelRunner`` over a static store whose ``width``-token forwards run one compiled graph."""
+
+    def __init__(self, model: PreTrainedModel, store: StaticStore, width: int, compiler: Callable | None) -> None:
+        super().__init__(model, store)
+        self.width = width
+        self.compiles = 0  # graphs the backend built (steady state: 1)
+        self.compile_seconds = 0.0  # wall time of the first (compiling) call
+        self.graph_calls = 0
+        self._eager = False
+        self.graph = compiler(_own_code(self._fixed), self) if compiler is not None else None
+
+    def _fixed(self, tokens, positions, mask):
+        out = self.model(
+            input_ids=tokens, attention_mask=mask, position_ids=positions, past_key_values=self.store.cache, use_cache=True
+        )
+        return out.logits
+
+    def _call(self, tokens, positions, mask, keep: int) -> torch.Tensor:
+        # eager: other widths (prefill), catch-up parts, and the call that allocates the buffers
+        if self.graph is None or tokens.shape[1] != self.width or self._eager or not self.store.allocated:
+            return super()._call(tokens, positions, mask, keep)
+        start = time.perf_counter()
+        # standard strides: dynamo guards on exact strides (even of size-1 dims), a slice would recompile
+        if isinstance(mask, dict):
+            mask = {kind: _standard(m) for kind, m in mask.items()}
+        else:
+            mask = _standard(mask)
+        logits = self.graph(_standard(tokens), _standard(positions), mask)
+        if self.graph_calls == 0:
+            self.compile_seconds = time.perf_counter() - start
+        self.graph_calls += 1
+        return logits[:, -keep:]
+
+    def verify(self, batch: VerifyBatch) -> torch.Tensor:
+        """Catch-up slots (the prompt, on the first step) eagerly, then the fixed-width root + nodes."""
+        if batch.root > 0:
+            head = batch.part(0, batch.root)
+            self._eager = True
+            try:
+                self.run(head.tokens, head.positions, head.valid, head.visible, keep=1)
+            finally:
+                self._eager = False
+        tail = batch.part(batch.root, batch.num_columns)
+        return self.run(tail.tokens, tail.positions, tail.valid, tail.visible, keep=tail.num_columns)
+
+    def chain(self, tokens, positions, valid, keep: int) -> torch.Tensor:
+        """One-token graphs take short catch-ups token by token (cheaper than an eager multi-token forward)."""
+        q = tokens.shape[1]
+        if self.width != 1 or q > 4 or keep > 1:
+            return super().chain(tokens, positions, valid, keep)
+        eye = torch.ones((tokens.shape[0], 1, 1), dtype=torch.bool, device=tokens.device)
+        for i in range(q):
+            logits = self.run(tokens[:, i : i + 1], positions[:, i : i + 1], valid[:, i : i + 1], eye, keep=1)
+        return logits
+
+
+def _compiler(backend: str, options: dict[str, Any] | None) -> Callable | None:
+    """fn, runner -> compiled fn; counts graphs built on ``runner.compiles``."""
+    if backend == "eager":
+        return None
+    if backend == "tensorrt":
+        try:
+            import torch_tensorrt  # noqa: F401
+        except ImportError as err:
+            raise ConfigurationError(
+                "backend='tensorrt' needs Torch-TensorRT (pip install 'hfspec[tensorrt]' on a CUDA machine); "
+                "use backend='inductor' on CPU or 'cudagraphs' on GPU."
+            ) from err
+    if backend == "cudagraphs" and not torch.cuda.is_available():
+        raise ConfigurationError("backend='cudagraphs' needs a CUDA device; use backend='inductor' on CPU.")
+
+    def build(fn, runner):
+        if backend == "inductor":
+            from torch._inductor.compile_fx import compile_fx
+
+            patches = dict(CPU_INDUCTOR_OPTIONS if options is None else options)
+
+            def inner(gm, example_inputs):
+                return compile_fx(gm, example_inputs, config_patches=patches)
+        else:
+            inner = torch._dynamo.lookup_backend("torch_tensorrt" if backend == "tensorrt" else backend)
+
+        def counting(gm, example_inputs):
+            runner.compiles += 1
+            return inner(gm, example_inputs)
+
+        return torch.compile(fn, backend=counting, fullgraph=True, dynamic=False)
+
+    return build
+
+
+def _draft_model_of(strategy: Strategy) -> PreTrainedModel | None:
+    from hfspec.proposers.draft_model import DraftModel
+    from hfspec.proposers.jump_forward import JumpForward
+
+    if isinstance(strategy, JumpForward):
+        return _draft_model_of(strategy.inner) if strategy.inner is not None else None
+    return strategy.draft_model if isinstance(strategy, DraftModel) else None
+
+
+def _default_budget(strategy: Strategy) -> int:
+    from hfspec.proposers.jump_forward import JumpForward
+
+    if isinstance(strategy, JumpForward):
+        inner = _default_budget(strategy.inner) if strategy.inner is not None else 0
+        return inner + strategy.max_tokens
+    return int(getattr(strategy, "num_tokens", 0))
+
+
+class CompiledPlan:
+    """A strategy bound to compiled graphs and static caches for one target (and its draft).
+
+    Use it as ``assistant_strategy=plan``. It is built for one batch size and KV capacity;
+    calls outside them are refused before any model work. Graphs are compiled on the first call
+    (``compile_seconds`` says how long) and reused by every later call.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        strategy: Strategy,
+        *,
+        backend: str,
+        batch_size: int,
+        capacity: int,
+        node_budget: int,
+        options: dict[str, Any] | None,
+        draft_options: dict[str, Any] | None,
+    ) -> None:
+        self.model, self.strategy, self.backend = model, strategy, backend
+        self.batch_size, self.capacity, self.node_budget = batch_size, capacity, node_budget
+        compiler = _compiler(backend, options)
+        self.target = GraphRunner(
+            model, StaticStore(_num_layers(model), batch_size, capacity, model.device), node_budget + 1, compiler
+        )
+        self.target.node_budget = node_budget
+        draft = _draft_model_of(strategy)
+        self.draft = None
+        if draft is not None:
+            draft_compiler = _compiler(backend, draft_options if draft_options is not None else options)
+            # the draft reads every verified slot: its store holds the target's layout plus its own drafts
+            store = StaticStore(_num_layers(draft), batch_size, capacity + node_budget + 1, draft.device)
+            self.draft = GraphRunner(draft, store, 1, draft_compiler)
+
+    def sharing(self, strategy: Strategy) -> CompiledPlan:
+        """A plan for another proposer over the SAME graphs and caches (no new compile, no second
+        frozen copy of the weights); its drafts are capped at this plan's node budget. Plans that
+        share graphs must not run concurrently."""
+        other = object.__new__(CompiledPlan)
+        other.__dict__.update(self.__dict__)
+        other.strategy = strategy
+        if _draft_model_of(strategy) is not _draft_model_of(self.strategy):
+            other.draft = None
+            if _draft_model_of(strategy) is not None:
+                raise ConfigurationError("sharing() needs the same draft model (or none); build a new plan for another draft.")
+        return other
+
+    def __repr__(self) -> str:
+        return (
+            f"CompiledPlan({self.strategy!r}, backend={self.backend!r}, batch_size={self.batch_size}, "
+            f"capacity={self.capacity}, node_budget={self.node_budget})"
+        )
+
+    @property
+    def compile_seconds(self) -> float:
+        """Wall time of the first (compiling) graph calls, target + draft."""
+        return self.target.compile_seconds + (self.draft.compile_seconds if self.draft is not None else 0.0)
+
+    @property
+    def compiles(self) -> int:
+        """Graphs built so far (target + draft); constant after the first call."""
+        return self.target.compiles + (self.draft.compiles if self.draft is not None else 0)
+
+    # ---------------------------------------------------------------- Strategy protocol
+    def validate(self, target: PreTrainedModel, generation_config: GenerationConfig) -> None:
+        if target is not self.model:
+            raise ConfigurationError(
+                f"this plan was compiled for another model ({type(self.model).__name__} at {id(self.model):#x}); "
+                "build one with hfspec.compile(model, strategy) for this model."
+            )
+        self.strategy.validate(target, generation_config)
+
+    def validate_inputs(self, input_ids: torch.Tensor, generation_config: GenerationConfig) -> None:
+        """Batch size and capacity, checked before any model work."""
+        batch, prompt = input_ids.shape
+        if batch != self.batch_size:
+            raise ConfigurationError(
+                f"this plan was compiled for batch size {self.batch_size}, the call has {batch} rows; "
+                f"build one with hfspec.compile(model, strategy, batch_size={batch})."
+            )
+        new = int(generation_config.max_length) - prompt
+        # rows share slots: a step adds the longest row's accepted path, so B rows need at most B x new
+        needed = prompt + min(batch * new, new * (self.node_budget + 1)) + self.node_budget + 1
+        if needed > self.capacity:
+            raise ConfigurationError(
+                f"this call may need {needed} KV slots (prompt {prompt}, up to {new} new tokens, batch {batch}); "
+                f"the plan has capacity={self.capacity}. Build it with hfspec.compile(..., capacity={needed})."
+            )
+
+    def start(self, ctx: SessionContext) -> ProposerSession:
+        self.target.store.reset()
+        if self.draft is not None:
+            self.draft.store.reset()
+        return self.strategy.start(_with_draft_runner(ctx, self.draft))
+
+
+def _with_draft_runner(ctx: SessionContext, runner: GraphRunner | None) -> SessionContext:
+    from dataclasses import replace
+
+    return replace(ctx, draft_runner=runner)
+
+
+def compile(
+    model: PreTrainedModel,
+    strategy: Strategy | None = None,
+    *,
+    backend: str = "inductor",
+    batch_size: int = 1,
+    capacity: int = 2048,
+    node_budget: int | None = None,
+    options: dict[str, Any] | None = None,
+    draft_options: dict[str, Any] | None = None,
+) -> CompiledPlan:
+    """Build a plan: the target's fixed-width verify graph and the draft's one-token step.
+
+    Args:
+        model: the target (decoder-only, eager or sdpa attention).
+        strategy: DraftModel, PromptLookup, JumpForward(...) or None (plain decoding, compiled).
+        backend: "inductor" (CPU/GPU), "cudagraphs" (CUDA), "tensorrt" (needs torch_tensorrt) or
+            "eager" (same static caches and fixed shapes, no compilation: the baseline).
+        batch_size, capacity: the static caches' shape; calls with another batch size, or that could
+            need more KV slots, are refused before any model work.
+        node_budget: draft nodes verified per step (default: the strategy's num_tokens; 0 without one).
+        options: inductor config patches for the target graph (default: freezing + max-autotune with
+            the C++ GEMM backend, the best measured on CPU; pass {} for inductor's defaults).
+        draft_options: the same for the draft's graph (default: ``options``).
+    """
+    if backend not in BACKENDS:
+        raise ConfigurationError(f"backend must be one of {BACKENDS}, got {backend!r}.")
+    if not isinstance(model, PreTrainedModel) or model.config.is_encoder_decoder:
+        raise ConfigurationError("hfspec.compile needs a decoder-only transformers model.")
+    strategy = strategy if strategy is not None else NoDrafts()
+    if isinstance(strategy, CompiledPlan):
+        raise ConfigurationError("strategy is already a CompiledPlan.")
+    check_attention(model)
+    budget = _default_budget(strategy) if node_budget is None else node_budget
+    if not isinstance(budget, int) or budget < 0:
+        raise ConfigurationError(f"node_budget must be an int >= 0, got {node_budget!r}.")
+    for name, value in (("batch_size", batch_size), ("capacity", capacity)):
+        if not isinstance(value, int) or value < 1:
+            raise ConfigurationError(f"{name} must be an int >= 1, got {value!r}.")
+    return CompiledPlan(
+        model,
+        strategy,
+        backend=backend,
+        batch_size=batch_size,
+        capacity=capacity,
+        node_budget=budget,
+        options=options,
+        draft_options=draft_options,
+    )
