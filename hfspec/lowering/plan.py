@@ -148,6 +148,53 @@ def _compiler(backend: str, options: dict[str, Any] | None) -> Callable | None:
     return build
 
 
+class _ExplicitCacheVerify(torch.nn.Module):
+    """The verify forward with the KV buffers as explicit inputs: what ``torch.export`` (and so
+    Torch-TensorRT's dynamo path) needs. The mask is an explicit additive/boolean tensor, never
+    ``is_causal`` (Torch-TensorRT's SDPA converter applies causality only when q == kv length)."""
+
+    def __init__(self, model: PreTrainedModel, batch: int, capacity: int) -> None:
+        super().__init__()
+        self.model = model
+        self.store = StaticStore(_num_layers(model), batch, capacity, model.device)
+
+    def forward(self, tokens, positions, mask, slots, keys: list[torch.Tensor], values: list[torch.Tensor]):
+        self.store.slots = slots
+        for layer, k, v in zip(self.store.cache.layers, keys, values, strict=True):
+            layer.keys, layer.values, layer.is_initialized = k, v, True
+        out = self.model(
+            input_ids=tokens, attention_mask=mask, position_ids=positions, past_key_values=self.store.cache, use_cache=True
+        )
+        return out.logits
+
+
+def export_verify(plan: CompiledPlan) -> torch.export.ExportedProgram:
+    """``torch.export`` the plan's fixed-shape verify step (the artifact Torch-TensorRT consumes).
+
+    Inputs: tokens (B, W) long, positions (B, W) long, mask (B, 1, W, capacity) in the model's
+    mask format, slots (W,) long write positions, keys/values: one (B, H_kv, capacity, D) buffer
+    per layer, written in place at ``slots``. W = node budget + 1. The plan's target store must
+    have run once (its buffers give the shapes).
+    """
+    store = plan.target.store
+    if not store.allocated:
+        raise ConfigurationError("export_verify needs the plan to have run once (its KV buffers give the shapes).")
+    width, batch, cap = plan.node_budget + 1, plan.batch_size, plan.capacity
+    device = plan.model.device
+    keys = [layer.keys.clone() for layer in store.cache.layers]
+    values = [layer.values.clone() for layer in store.cache.layers]
+    tokens = torch.zeros((batch, width), dtype=torch.long, device=device)
+    positions = torch.arange(width, device=device).expand(batch, width).contiguous()
+    visible = torch.zeros((batch, width, cap), dtype=torch.bool, device=device)
+    visible[:, :, :width] = torch.ones((width, width), dtype=torch.bool, device=device).tril()
+    from hfspec.masks import as_attention_mask
+
+    mask = as_attention_mask(visible, plan.model, plan.model.dtype).contiguous()
+    slots = torch.arange(width, device=device)
+    module = _ExplicitCacheVerify(plan.model, batch, cap)
+    return torch.export.export(module, (tokens, positions, mask, slots, keys, values))
+
+
 def _draft_model_of(strategy: Strategy) -> PreTrainedModel | None:
     from hfspec.proposers.draft_model import DraftModel
     from hfspec.proposers.jump_forward import JumpForward
