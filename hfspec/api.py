@@ -3,9 +3,14 @@
 transformers 5.23 prepares the generation config, processors and stopping criteria, then
 calls a ``custom_generate`` callable with them; keyword arguments reach it only if its
 signature names them. It does NOT forward ``streamer``, ``tokenizer`` or ``assistant_model``
-to a callable, and ``stop_strings`` with a callable raises inside HF. ``enable()`` wraps
-``generate`` so those work too: it builds the stop-string criterion itself and binds the
-streamer into the callable. Everything is validated here, before the first forward pass.
+to a callable: ``GenerationMixin._extract_generation_mode_kwargs`` pops ``tokenizer`` from the
+call's kwargs and then, for a callable, keeps only the callable's own keyword arguments that are
+still there, so the tokenizer is dropped. ``stop_strings`` is named in ``generate``'s signature so
+HF hands it to hfspec instead of putting it in the generation config, where
+``_get_stopping_criteria`` would raise "could not locate a tokenizer"; hfspec builds the
+criterion from a tokenizer it can see (``_stop_string_criterion``). ``enable()`` wraps
+``generate`` so all of them work: it builds the stop-string criterion itself and binds the
+streamer and tokenizer into the callable. Everything is validated here, before the first forward.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, StoppingCriteriaList
 from transformers.generation import GenerationMixin, StopStringCriteria
 from transformers.generation.configuration_utils import GenerationMode
+from transformers.generation.logits_process import UnbatchedClassifierFreeGuidanceLogitsProcessor
 from transformers.generation.utils import GENERATION_MODES_MAPPING
 
 from hfspec.engine import SpecStats, speculative_generate
@@ -25,6 +31,7 @@ from hfspec.engine_utils import lm_head_width
 from hfspec.exceptions import ConfigurationError
 from hfspec.grammar import call as grammar_call
 from hfspec.grammar.specs import GrammarSpec
+from hfspec.lowering.plan import CompiledPlan
 from hfspec.proposers.base import NoDrafts, Strategy
 
 # Model kwargs transformers itself prepares for a decoder-only call; anything else is refused
@@ -46,6 +53,7 @@ def generate(
     grammar: GrammarSpec | None = None,
     tokenizer: Any = None,
     on_incomplete: str = "error",
+    stop_strings: str | list[str] | None = None,
     **model_kwargs: Any,
 ):
     """Decoding method for ``model.generate(..., custom_generate=hfspec.generate, assistant_strategy=...)``.
@@ -54,15 +62,20 @@ def generate(
     run. ``speculation_stats`` (an ``hfspec.SpecStats``) is filled with acceptance counters.
     ``grammar`` (``hfspec.JSONSchema(...)``, ``Regex``, ...) constrains every row, with or without
     a strategy; ``on_incomplete`` ("error" | "flag") says what happens to rows that end before
-    their grammar does (hfspec.grammar.call).
+    their grammar does (hfspec.grammar.call). ``stop_strings`` needs a tokenizer hfspec can see
+    (module docstring): ``hfspec.enable()``, a grammar spec built with ``tokenizer=``, or
+    ``functools.partial(hfspec.generate, tokenizer=tok)``.
     """
     generation_config = generation_config if generation_config is not None else model.generation_config
     stopping_criteria = stopping_criteria if stopping_criteria is not None else StoppingCriteriaList()
     streamer = streamer if streamer is not None else _from_hf_caller("streamer")
+    if stop_strings:
+        stop = _stop_string_criterion(stop_strings, tokenizer, grammar)
+        stopping_criteria = StoppingCriteriaList([*stopping_criteria, stop])
     if assistant_strategy is None and grammar is None:
         return _plain_hf(model, input_ids, logits_processor, stopping_criteria, generation_config, streamer, model_kwargs)
     strategy = assistant_strategy if assistant_strategy is not None else NoDrafts()
-    validate_call(model, input_ids, generation_config, strategy, model_kwargs, streamer)
+    validate_call(model, input_ids, generation_config, strategy, model_kwargs, streamer, logits_processor)
     constrained = None
     if grammar is not None:
         tokenizer = tokenizer if tokenizer is not None else _from_hf_caller("tokenizer")
@@ -71,6 +84,10 @@ def generate(
         )
     elif getattr(strategy, "needs_grammar", False):
         raise ConfigurationError(f"{strategy!r} needs grammar= in the same generate() call.")
+    runner = None
+    if isinstance(strategy, CompiledPlan):
+        strategy.validate_inputs(input_ids, generation_config)
+        runner = strategy.target
     result = speculative_generate(
         model,
         input_ids,
@@ -83,8 +100,34 @@ def generate(
         stats=speculation_stats,
         grammar=constrained.rows if constrained is not None else None,
         tokenizer=constrained.tokenizer if constrained is not None else tokenizer,
+        runner=runner,
     )
     return grammar_call.finish(constrained, result, input_ids.shape[1]) if constrained is not None else result
+
+
+def _stop_string_criterion(stop_strings, tokenizer: Any, grammar: Any) -> StopStringCriteria:
+    """HF's StopStringCriteria, from the call's tokenizer or else the grammar spec's own."""
+    if tokenizer is None and isinstance(grammar, GrammarSpec):
+        tokenizer = grammar.tokenizer
+    if tokenizer is None:
+        raise ConfigurationError(
+            "stop_strings= needs the tokenizer, but transformers does not pass tokenizer= to a custom_generate "
+            "callable (GenerationMixin._extract_generation_mode_kwargs drops it), so hfspec cannot see it. "
+            "Call hfspec.enable() and then model.generate(..., stop_strings=..., tokenizer=tok) without "
+            "custom_generate=, or pass custom_generate=functools.partial(hfspec.generate, tokenizer=tok), or "
+            "stopping_criteria=[transformers.StopStringCriteria(tok, stop_strings)]."
+        )
+    return StopStringCriteria(tokenizer=tokenizer, stop_strings=stop_strings)
+
+
+def check_input_ids(input_ids: Any) -> None:
+    """A (batch, length) prompt with at least one row and one token."""
+    if isinstance(input_ids, torch.Tensor) and (input_ids.ndim != 2 or 0 in input_ids.shape):
+        raise ConfigurationError(
+            f"input_ids has shape {tuple(input_ids.shape)}: assistant_strategy / grammar need a (batch, length) "
+            "prompt of at least one row and one token (the engine reads the last prompt token first). "
+            "Pass at least one token per row, e.g. the tokenizer's BOS token."
+        )
 
 
 def validate_strategy(strategy: Any) -> None:
@@ -102,11 +145,24 @@ def validate_call(
     strategy: Any,
     model_kwargs: dict[str, Any],
     streamer: Any,
+    logits_processor: LogitsProcessorList | None = None,
 ) -> None:
     """Raise ConfigurationError for anything the speculative engine cannot honour exactly."""
     validate_strategy(strategy)
     if model.config.is_encoder_decoder:
         raise ConfigurationError("hfspec speculative decoding supports decoder-only models only.")
+    check_input_ids(input_ids)
+    guidance = generation_config.guidance_scale
+    if (guidance is not None and guidance != 1) or any(
+        isinstance(p, UnbatchedClassifierFreeGuidanceLogitsProcessor) for p in (logits_processor or [])
+    ):
+        raise ConfigurationError(
+            f"guidance_scale={guidance} (classifier-free guidance) cannot be combined with assistant_strategy / "
+            "grammar: HF's UnbatchedClassifierFreeGuidanceLogitsProcessor runs its own unconditional forward pass "
+            "and keeps its own KV cache, one token per call, so it can be neither evaluated at several "
+            "speculative positions nor rolled back. Drop guidance_scale (and negative_prompt_ids), or drop "
+            "assistant_strategy / grammar to let plain generate run it."
+        )
     if generation_config.num_beams > 1:
         raise ConfigurationError(
             f"assistant_strategy / grammar cannot be combined with beam search (num_beams={generation_config.num_beams}); "
@@ -183,6 +239,8 @@ _hf_generate = None
 def _generate_with_strategy(self, args, kwargs, strategy, stats, grammar, on_incomplete):
     if strategy is not None:
         validate_strategy(strategy)
+    # before HF's own preamble, which indexes input_ids[:, -1] for a padded batch
+    check_input_ids(args[0] if args else kwargs.get("input_ids", kwargs.get("inputs")))
     if kwargs.get("custom_generate") is generate:
         kwargs.pop("custom_generate")
     if kwargs.get("custom_generate") is not None:

@@ -13,13 +13,14 @@ from collections import OrderedDict
 from typing import Any
 
 from hfspec.exceptions import GrammarError, UnenforcedSchemaError
-from hfspec.grammar.specs import GrammarSpec, JSONSchema
+from hfspec.grammar.specs import JSON, GrammarSpec, JSONSchema
 
 _MAX_TOKENIZERS = 8
 _MAX_GRAMMARS = 256
 _compilers: OrderedDict[tuple, tuple[Any, Any, Any]] = OrderedDict()  # key -> (tokenizer kept alive, compiler, info)
 _prefix_tokens: dict[tuple, frozenset[int]] = {}  # key -> ids of tokens that prefix a longer token
 _compiled: OrderedDict[tuple, Any] = OrderedDict()
+_token_order: dict[tuple, Any] = {}  # key -> per-token search data (_TokenOrder), see _check_completable
 
 
 def _xgr():
@@ -60,6 +61,7 @@ def _compiler_entry(tokenizer: Any, vocab_size: int) -> tuple[Any, Any, Any]:
     if len(_compilers) > _MAX_TOKENIZERS:
         old, _ = _compilers.popitem(last=False)
         _prefix_tokens.pop(old, None)
+        _token_order.pop(old, None)
     return _compilers[key]
 
 
@@ -119,6 +121,7 @@ def compile_spec(spec: GrammarSpec, tokenizer: Any, vocab_size: int):
         return _compiled[key]
     compiled = _compile(spec, compiler_for(tokenizer, vocab_size))
     _check_satisfiable(spec, compiled, vocab_size)
+    _check_completable(spec, compiled, tokenizer, vocab_size)
     _compiled[key] = compiled
     if len(_compiled) > _MAX_GRAMMARS:
         _compiled.popitem(last=False)
@@ -162,6 +165,173 @@ def _check_satisfiable(spec: GrammarSpec, compiled, vocab_size: int) -> None:
         raise GrammarError(
             f"{type(spec).__name__} accepts no output at all (unsatisfiable); check the pattern."
         )
+
+
+# Bounds of the completion search: cheap enough to run on every compile (tiny vocabularies).
+_SEARCH_NODES = 256  # matcher states expanded
+_SEARCH_DEPTH = 64  # tokens on one path
+_SEARCH_BRANCH = 64  # tokens tried per state, best first
+
+
+def _check_completable(spec: GrammarSpec, compiled, tokenizer: Any, vocab_size: int) -> None:
+    """A grammar whose every token path dead-ends (e.g. ``{"enum": ["Q"]}`` over a vocabulary
+    without ``Q``: the first token ``"`` is allowed, then nothing) fails before any forward pass."""
+    order = _token_order_for(tokenizer, vocab_size)
+    if order.spells_every_byte:
+        return  # every byte string is spellable: a grammar that starts can finish (_check_satisfiable)
+    # JSON grammars allow exactly [ \n\r\t]* wherever they allow whitespace outside strings, so
+    # whitespace-only tokens there can be left out without losing any completion
+    skip = isinstance(spec, JSON) or (isinstance(spec, JSONSchema) and spec.any_whitespace)
+    verdict, dead_end = completion_search(compiled, order, skip_whitespace=skip)
+    if verdict is False:
+        raise GrammarError(
+            f"{type(spec).__name__} cannot be completed with this tokenizer: every token path dead-ends "
+            f"(e.g. after {dead_end!r} the grammar needs text that no token of the vocabulary can spell). "
+            "Use the model's own tokenizer, or change the grammar to use characters the vocabulary has."
+        )
+
+
+class _TokenOrder:
+    """Per tokenizer: whether the completion search is needed, and which tokens it tries first."""
+
+    def __init__(self, decoded_vocab: list[bytes], vocab_size: int, stop_id: int) -> None:
+        vocab = list(decoded_vocab[:vocab_size]) + [b""] * max(0, vocab_size - len(decoded_vocab))
+        self.vocab = vocab
+        self.stop_id = stop_id  # the search's stop token: the tokenizer's EOS, never tried as text
+        self.spells_every_byte = len({v for v in vocab if len(v) == 1}) == 256
+        self._rank = None
+
+    def ranks(self):
+        """(first byte, closing-only flag, whitespace-only flag, static rank: shorter then lower id) per token."""
+        if self._rank is None:
+            import torch
+
+            vocab, size = self.vocab, len(self.vocab)
+            closing = frozenset(b'"}])')
+            first = torch.tensor([v[0] if v else 256 for v in vocab], dtype=torch.long)
+            length = torch.tensor([min(len(v), 63) for v in vocab], dtype=torch.long)
+            is_closing = torch.tensor([bool(v) and all(b in closing for b in v) for v in vocab])
+            is_space = torch.tensor([bool(v) and all(b in b" \n\r\t" for b in v) for v in vocab])
+            self._rank = (first, is_closing, is_space, length * size + torch.arange(size))
+        return self._rank
+
+
+def _expected_closer(text: bytes) -> int:
+    """The byte that closes the innermost open JSON-like string, object or array of ``text`` (256: none)."""
+    stack: list[int] = []
+    in_string = escaped = False
+    for byte in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x7B, 0x5B):
+            stack.append(0x7D if byte == 0x7B else 0x5D)
+        elif stack and byte == stack[-1]:
+            stack.pop()
+    return 0x22 if in_string else (stack[-1] if stack else 256)
+
+
+def _token_order_for(tokenizer: Any, vocab_size: int) -> _TokenOrder:
+    _, _, info = _compiler_entry(tokenizer, vocab_size)
+    key = tokenizer_key(tokenizer, vocab_size)
+    if key not in _token_order:
+        eos = getattr(tokenizer, "eos_token_id", None)
+        stop_id = int(eos) if isinstance(eos, int) and 0 <= eos < vocab_size else 0
+        _token_order[key] = _TokenOrder(info.decoded_vocab, vocab_size, stop_id)
+    return _token_order[key]
+
+
+def completion_search(compiled, order: _TokenOrder, skip_whitespace: bool = False) -> tuple[bool | None, str]:
+    """Bounded depth-first search for a token path from the start to a complete sentence.
+
+    Returns (True, "") when one is found; (False, text) when every path was explored to a dead
+    end (a state that is not complete and allows no token) with nothing cut off: the grammar
+    provably cannot be completed, ``text`` is one dead-end prefix; (None, "") when the bounds
+    (``_SEARCH_NODES`` states, ``_SEARCH_DEPTH`` tokens, ``_SEARCH_BRANCH`` tokens per state)
+    cut the search short: nothing is claimed and decoding checks each step as usual.
+    Tokens are tried best first: a token starting with the character that closes the innermost
+    open string / object / array, then tokens made of closing characters, then tokens whose first
+    byte the path has not used yet (so a repeatable character does not loop), then the rest;
+    within each tier shorter tokens and lower ids first. ``skip_whitespace`` (for JSON grammars
+    with any whitespace, where whitespace outside strings is always the optional ``[ \n\r\t]*``)
+    never tries a whitespace-only token outside a string: removing such tokens from a complete
+    output leaves a complete output, so no completion is lost and whitespace cannot loop.
+    """
+    import torch
+
+    xgr = _xgr()
+    vocab_size = len(order.vocab)
+    first_byte, closing_only, space_only, rank = order.ranks()
+    tier_weight = 64 * vocab_size
+    matcher = xgr.GrammarMatcher(compiled, override_stop_tokens=[order.stop_id])
+    bitmask = xgr.allocate_token_bitmask(1, vocab_size)
+    shifts = torch.arange(32, dtype=torch.int32)
+    path: list[int] = []
+    cut = False
+    dead_end = ""
+    nodes = 0
+
+    def candidates() -> list[int]:
+        nonlocal cut
+        matcher.fill_next_token_bitmask(bitmask, 0)
+        allowed = ((bitmask[0, :, None] >> shifts) & 1).bool().reshape(-1)[:vocab_size].clone()
+        allowed[order.stop_id] = False  # completion is read from is_completed() instead
+        closer = _expected_closer(b"".join(order.vocab[t] for t in path))
+        if skip_whitespace and closer != 0x22:
+            allowed &= ~space_only
+        ids = allowed.nonzero().reshape(-1)
+        if ids.numel() == 0:
+            return []
+        used = torch.zeros(257, dtype=torch.bool)
+        if path:
+            used[first_byte[torch.tensor(path)]] = True
+        first = first_byte[ids]
+        novel = ~used[first]
+        tier = torch.where(
+            first == closer, 0, torch.where(closing_only[ids] & novel, 1, torch.where(novel, 2, 3))
+        )
+        key = tier * tier_weight + rank[ids]
+        take = min(_SEARCH_BRANCH, ids.numel())
+        cut = cut or ids.numel() > take
+        return ids[torch.topk(key, take, largest=False).indices].tolist()
+
+    if matcher.is_completed():
+        return True, ""
+    stack = [candidates()]
+    if not stack[0]:
+        return False, ""
+    while stack:
+        if not stack[-1]:  # this state's candidates are exhausted: back up one token
+            stack.pop()
+            if path:
+                matcher.rollback(1)
+                path.pop()
+            continue
+        token = stack[-1].pop(0)
+        if nodes >= _SEARCH_NODES:
+            return None, ""
+        nodes += 1
+        if not matcher.accept_token(token):  # cannot happen for an allowed token; treat as cut
+            cut = True
+            continue
+        path.append(token)
+        if matcher.is_completed():
+            return True, ""
+        if len(path) >= _SEARCH_DEPTH:
+            cut = True
+            nxt = []
+        else:
+            nxt = candidates()
+            if not nxt and not dead_end:
+                dead_end = b"".join(order.vocab[t] for t in path).decode("utf-8", "replace")
+        stack.append(nxt)
+    return (None, "") if cut else (False, dead_end)
 
 
 _text_compiler = None
