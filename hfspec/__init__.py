@@ -21,6 +21,7 @@ from hfspec.grammar import EBNF, JSON, GrammarLogitsProcessor, JSONSchema, Lark,
 from hfspec.grammar.call import GrammarDecoderOnlyOutput, IncompleteOutputWarning
 from hfspec.lowering import CompiledPlan, compile
 from hfspec.proposers import DraftModel, JumpForward, PromptLookup
+from hfspec.proposers.tree_draft import TreeSpec
 
 __version__ = "0.1.0"
 
@@ -47,6 +48,7 @@ __all__ = [
     "StructuralTag",
     "UnenforcedSchemaError",
     "SpecStats",
+    "TreeSpec",
     "compile",
     "disable",
     "enable",

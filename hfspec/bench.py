@@ -54,13 +54,22 @@ CONFIGS = (
     "hfspec_lookup",
     "hfspec_draft_compiled",
     "hfspec_lookup_compiled",
+    "hfspec_draft_tree_compiled",
+    "hfspec_lookup_tree_compiled",
 )
 DEFAULT_CONFIGS = ("hf_plain", "hf_assisted", "hf_prompt_lookup", "hfspec_draft", "hfspec_lookup")
 # HF's built-ins a user could pick instead: its speculative methods and its static-cache + torch.compile decoding
 HF_SPECULATIVE = ("hf_assisted", "hf_prompt_lookup", "hf_compiled", "hf_compiled_autotune")
 HF_COMPILED = ("hf_compiled", "hf_compiled_autotune")
-HFSPEC_CONFIGS = ("hfspec_draft", "hfspec_lookup", "hfspec_draft_compiled", "hfspec_lookup_compiled")
-HFSPEC_COMPILED = ("hfspec_draft_compiled", "hfspec_lookup_compiled")
+HFSPEC_COMPILED = (
+    "hfspec_draft_compiled",
+    "hfspec_lookup_compiled",
+    "hfspec_draft_tree_compiled",
+    "hfspec_lookup_tree_compiled",
+)
+HFSPEC_CONFIGS = ("hfspec_draft", "hfspec_lookup", *HFSPEC_COMPILED)
+TREE_SPEC = hfspec.TreeSpec(top_k=2, depth=4)  # hfspec_draft_tree_*: num_tokens nodes, 4 draft forwards
+LOOKUP_BRANCHES = 3  # hfspec_lookup_tree_*
 # The best inductor options HF's CompileConfig accepts: freezing crashes there (its static cache is a
 # module attribute that freezing folds as a constant; DESIGN.md §8), so max-autotune without it.
 HF_AUTOTUNE_OPTIONS = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
@@ -314,14 +323,21 @@ def build_strategies(settings: BenchSettings, workload: Workload) -> dict[str, A
     if any(c in settings.configs for c in HFSPEC_COMPILED):
         kwargs = dict(backend=settings.compile_backend, capacity=settings.capacity, options=settings.compile_options)
         budget = max(settings.draft_tokens, settings.lookup_tokens)
-        if "hfspec_draft_compiled" in settings.configs:
-            plan = hfspec.compile(workload.target, strategies["hfspec_draft"], node_budget=budget, **kwargs)
-            strategies["hfspec_draft_compiled"] = plan
-            strategies["hfspec_lookup_compiled"] = plan.sharing(strategies["hfspec_lookup"])
-        else:
-            strategies["hfspec_lookup_compiled"] = hfspec.compile(
-                workload.target, strategies["hfspec_lookup"], node_budget=budget, **kwargs
-            )
+        uses_draft = any(c in settings.configs for c in ("hfspec_draft_compiled", "hfspec_draft_tree_compiled"))
+        base = strategies["hfspec_draft"] if uses_draft else strategies["hfspec_lookup"]
+        plan = hfspec.compile(workload.target, base, node_budget=budget, **kwargs)
+        tree_draft = hfspec.DraftModel(workload.draft, num_tokens=settings.draft_tokens, tree=TREE_SPEC)
+        tree_lookup = hfspec.PromptLookup(
+            num_tokens=settings.lookup_tokens,
+            max_ngram=settings.lookup_max_ngram,
+            min_ngram=settings.lookup_min_ngram,
+            num_branches=LOOKUP_BRANCHES,
+        )
+        strategies["hfspec_draft_compiled"] = plan
+        strategies["hfspec_lookup_compiled"] = plan.sharing(strategies["hfspec_lookup"])
+        strategies["hfspec_lookup_tree_compiled"] = plan.sharing(tree_lookup)
+        if uses_draft:
+            strategies["hfspec_draft_tree_compiled"] = plan.sharing(tree_draft)
     return strategies
 
 
@@ -734,6 +750,25 @@ def strategy_settings(settings: BenchSettings, workload: Workload) -> dict[str, 
             "num_tokens": settings.lookup_tokens,
             "max_ngram": settings.lookup_max_ngram,
             "min_ngram": settings.lookup_min_ngram,
+        },
+        **{
+            config: {
+                "plan": f"hfspec.compile(backend={settings.compile_backend!r}, capacity={settings.capacity}, "
+                f"node_budget={max(settings.draft_tokens, settings.lookup_tokens)}, options="
+                f"{settings.compile_options if settings.compile_options is not None else 'CPU default'})",
+                "strategy": {
+                    "hfspec_draft_compiled": "as hfspec_draft",
+                    "hfspec_lookup_compiled": "as hfspec_lookup",
+                    "hfspec_draft_tree_compiled": f"DraftModel(num_tokens={settings.draft_tokens}, tree={TREE_SPEC})",
+                    "hfspec_lookup_tree_compiled": f"as hfspec_lookup, num_branches={LOOKUP_BRANCHES}",
+                }[config],
+            }
+            for config in HFSPEC_COMPILED
+        },
+        "hf_compiled": {"cache_implementation": "static", "compile_config": "CompileConfig(fullgraph=True, dynamic=False)"},
+        "hf_compiled_autotune": {
+            "cache_implementation": "static",
+            "compile_config": f"CompileConfig(fullgraph=True, dynamic=False, options={HF_AUTOTUNE_OPTIONS})",
         },
     }
 

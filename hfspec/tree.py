@@ -66,3 +66,25 @@ def path_tokens(tokens: torch.Tensor, parents: torch.Tensor, num_nodes: torch.Te
             node = int(parents[row, node])
         out.append(path[::-1])
     return out
+
+
+def trie(branches: list[list[int]], budget: int) -> tuple[list[int], list[int], list[int]]:
+    """Merge token sequences (best first) into one tree of at most ``budget`` nodes (pure).
+
+    Identical prefixes share nodes (a trie). When the trie has more nodes than ``budget``, nodes
+    are kept breadth first (by depth, then by the rank of the best branch through them), so every
+    kept node's parent is kept and each branch gets a share of the budget. Returns per node, in
+    topological order: its token, its parent (-1 = root) and ``owner``, the index of the best
+    branch through it (the branch a proposer should follow when that node is accepted).
+    A single branch gives a chain (parents j - 1).
+    """
+    nodes: dict[tuple[int, ...], tuple[int, int]] = {}  # path -> (depth, owner); first writer owns
+    for rank, branch in enumerate(branches):
+        for end in range(1, len(branch) + 1):
+            nodes.setdefault(tuple(branch[:end]), (end, rank))
+    kept = sorted(nodes, key=lambda path: nodes[path])[: max(budget, 0)]
+    index = {path: j for j, path in enumerate(kept)}
+    tokens = [path[-1] for path in kept]
+    parents = [index[path[:-1]] if len(path) > 1 else -1 for path in kept]
+    owners = [nodes[path][1] for path in kept]
+    return tokens, parents, owners

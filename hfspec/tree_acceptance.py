@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from hfspec.acceptance import residual_distribution
+from hfspec.tree import chain_parents  # noqa: F401  (re-exported: the chain layout)
 
 
 @dataclass
@@ -43,11 +44,6 @@ class TreeAcceptance:
         out = torch.cat([drafted, self.next_token[:, None]], dim=1)
         out = torch.where(cols < self.num_accepted[:, None], out, torch.full_like(out, -1))
         return out.scatter(1, self.num_accepted[:, None], self.next_token[:, None])
-
-
-def chain_parents(batch: int, n: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """(B, N) long parents of a chain: node j hangs under node j - 1 (node 0 under the root)."""
-    return (torch.arange(n, device=device) - 1).expand(batch, n).clone()
 
 
 def tree_depths(parents: torch.Tensor, num_nodes: torch.Tensor) -> torch.Tensor:

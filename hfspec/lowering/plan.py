@@ -67,6 +67,15 @@ class GraphRunner(ModelRunner):
         self.graph_calls = 0
         self._eager = False
         self.graph = compiler(_own_code(self._fixed), self) if compiler is not None else None
+        self.inductor_options = getattr(compiler, "inductor_options", None) or {}
+
+    def config_patch(self):
+        """Inductor options as a config patch around graph calls. Passing them to ``compile_fx``
+        (or as ``torch.compile(options=)``) does not freeze: dynamo decides how to lift the weights
+        while tracing, from the global config (checked: no ``_frozen_param`` in the output code)."""
+        import torch._inductor.config as inductor_config
+
+        return inductor_config.patch(self.inductor_options)
 
     def _fixed(self, tokens, positions, mask):
         out = self.model(
@@ -84,7 +93,8 @@ class GraphRunner(ModelRunner):
             mask = {kind: _standard(m) for kind, m in mask.items()}
         else:
             mask = _standard(mask)
-        logits = self.graph(_standard(tokens), _standard(positions), mask)
+        with self.config_patch():  # dynamo traces inside the call: freezing must be on while it does
+            logits = self.graph(_standard(tokens), _standard(positions), mask)
         if self.graph_calls == 0:
             self.compile_seconds = time.perf_counter() - start
         self.graph_calls += 1
@@ -130,12 +140,7 @@ def _compiler(backend: str, options: dict[str, Any] | None) -> Callable | None:
 
     def build(fn, runner):
         if backend == "inductor":
-            from torch._inductor.compile_fx import compile_fx
-
-            patches = dict(CPU_INDUCTOR_OPTIONS if options is None else options)
-
-            def inner(gm, example_inputs):
-                return compile_fx(gm, example_inputs, config_patches=patches)
+            from torch._inductor.compile_fx import compile_fx as inner
         else:
             inner = torch._dynamo.lookup_backend("torch_tensorrt" if backend == "tensorrt" else backend)
 
@@ -145,6 +150,7 @@ def _compiler(backend: str, options: dict[str, Any] | None) -> Callable | None:
 
         return torch.compile(fn, backend=counting, fullgraph=True, dynamic=False)
 
+    build.inductor_options = dict(CPU_INDUCTOR_OPTIONS if options is None else options) if backend == "inductor" else {}
     return build
 
 

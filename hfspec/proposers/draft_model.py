@@ -3,6 +3,7 @@
 The draft's KV store uses the engine's slot layout (see engine.py), so after each step it is
 truncated to the target's kept length and re-fed only the slots it has not seen yet; masks are
 explicit (hfspec.masks), so holes, sliding windows and static caches need nothing special here.
+With ``tree=TreeSpec(...)`` a step proposes a token tree instead (hfspec.proposers.tree_draft).
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ from hfspec.engine_utils import fit_width, lm_head_width, position_ids
 from hfspec.exceptions import ConfigurationError, IncompatibleDraftError
 from hfspec.masks import check_attention
 from hfspec.proposers.base import Proposal, SessionContext, StepView
+from hfspec.proposers.tree_draft import TreeDraftSession, TreeSpec
 from hfspec.runner import eager_runner
 from hfspec.step import StepResult
+
+__all__ = ["DraftModel", "TreeSpec"]
 
 # Lm-head widths are often padded past the tokenizer (Qwen2.5: 151,936 vs 152,064); more
 # than this relative difference means a different vocabulary, not padding.
@@ -34,6 +38,15 @@ class DraftModel:
         confidence_threshold: stop drafting early in a step once every row's draft top
             probability falls below this (0 disables). Cheap drafts that are unsure waste
             a target verify position; on CPU verify cost grows with the number of drafts.
+            In tree mode: frontier nodes whose path probability is below it are not expanded.
+        tree: ``TreeSpec(top_k=..., depth=...)`` drafts a token tree of at most ``num_tokens``
+            nodes per step (EAGLE-2 style dynamic top-k expansion by path probability, one draft
+            forward per depth; hfspec.proposers.tree_draft). The tree always holds the chain a
+            chain draft of that depth would propose (its *spine*: top-1 tokens, or drawn from q
+            when sampling), plus the draft's top-k alternatives, deterministic (one-hot rule);
+            the engine's SpecInfer walk judges the spine with q and the rest one-hot, which is
+            exact. Not combinable with ``grammar=`` yet (refused at start).
+            None (default): one chain of drafts per step.
     """
 
     def __init__(
@@ -43,6 +56,7 @@ class DraftModel:
         *,
         do_sample: bool | None = None,
         confidence_threshold: float = 0.0,
+        tree: TreeSpec | None = None,
     ) -> None:
         if not isinstance(draft_model, PreTrainedModel):
             raise ConfigurationError(
@@ -52,13 +66,20 @@ class DraftModel:
             raise ConfigurationError(f"DraftModel(num_tokens=...) must be an int >= 1, got {num_tokens!r}.")
         if not 0.0 <= confidence_threshold < 1.0:
             raise ConfigurationError(f"confidence_threshold must be in [0, 1), got {confidence_threshold!r}.")
+        if tree is not None and not isinstance(tree, TreeSpec):
+            raise ConfigurationError(
+                f"DraftModel(tree=...) takes an hfspec.proposers.tree_draft.TreeSpec (e.g. TreeSpec(top_k=2, depth=4)) "
+                f"or None, got {tree!r}."
+            )
         self.draft_model = draft_model
         self.num_tokens = num_tokens
         self.do_sample = do_sample
         self.confidence_threshold = confidence_threshold
+        self.tree = tree
 
     def __repr__(self) -> str:
-        return f"DraftModel({type(self.draft_model).__name__}, num_tokens={self.num_tokens})"
+        tree = f", tree={self.tree!r}" if self.tree is not None else ""
+        return f"DraftModel({type(self.draft_model).__name__}, num_tokens={self.num_tokens}{tree})"
 
     def validate(self, target: PreTrainedModel, generation_config: GenerationConfig) -> None:
         if self.draft_model.config.is_encoder_decoder:
@@ -78,8 +99,20 @@ class DraftModel:
                     f"Draft {attr}={d_id} but target {attr}={t_id}: the models use different tokenizers."
                 )
 
-    def start(self, ctx: SessionContext) -> _DraftSession:
-        return _DraftSession(self, ctx)
+    def start(self, ctx: SessionContext) -> _DraftSession | TreeDraftSession:
+        if self.tree is None:
+            return _DraftSession(self, ctx)
+        if ctx.grammar is not None:
+            raise ConfigurationError(
+                f"DraftModel(tree={self.tree!r}) proposes token trees, and grammar= with token trees is not "
+                "supported yet (grammar masks are walked along chains). Drop tree= to draft chains with grammar=, "
+                "or drop grammar=."
+            )
+        runner = ctx.draft_runner if ctx.draft_runner is not None else eager_runner(self.draft_model, ctx.batch_size)
+        sample = ctx.do_sample if self.do_sample is None else self.do_sample
+        return TreeDraftSession(
+            self.draft_model, self.num_tokens, self.tree, self.confidence_threshold, sample, ctx, runner
+        )
 
 
 def _as_set(value) -> set[int]:

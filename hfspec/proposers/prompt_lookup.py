@@ -6,6 +6,14 @@ Among its occurrences, take the one that continues the previous step's copy (LLM
 pointer: a model editing code copies the prompt in order), else the earliest one. One-token
 matches are mostly coincidences (" =", "\\n"), and each wrong draft costs a verify position.
 Proposals are deterministic, so acceptance uses the one-hot rule (exact).
+
+With ``num_branches > 1`` a step proposes several continuations as one token tree (a trie:
+identical prefixes share nodes), verified by one target forward: the chain's continuation
+first, then the other earlier occurrences of the same suffix n-gram (latest first: repetitive
+outputs loop over their recent past), then those of shorter n-grams (down to ``min_ngram``).
+The tree has at most ``num_tokens`` nodes, kept breadth first (``hfspec.tree.trie``), so each
+branch gets a share of the budget. After a step the copy pointer follows the branch that was
+accepted.
 """
 
 from __future__ import annotations
@@ -15,6 +23,8 @@ from transformers import GenerationConfig, PreTrainedModel
 
 from hfspec.exceptions import ConfigurationError
 from hfspec.proposers.base import Proposal, SessionContext, StepView
+from hfspec.step import StepResult
+from hfspec.tree import trie
 
 
 def find_continuation(
@@ -37,6 +47,39 @@ def find_continuation(
     return seq[:0], None
 
 
+def find_continuations(
+    seq: torch.Tensor,
+    max_ngram: int,
+    min_ngram: int,
+    num_tokens: int,
+    num_branches: int,
+    prefer: int | None = None,
+) -> list[tuple[list[int], int]]:
+    """Up to ``num_branches`` distinct continuations of ``seq``'s suffix, best first, with their sources (pure).
+
+    The first is ``find_continuation``'s; then the other occurrences of the longest matching
+    n-gram, latest first, then those of shorter n-grams (>= ``min_ngram``). A continuation that
+    repeats (or is a prefix of) an earlier one is skipped: it would add no node to the tree.
+    """
+    first, source = find_continuation(seq, max_ngram, min_ngram, num_tokens, prefer)
+    if source is None:
+        return []
+    found = [(first.tolist(), source)]
+    length = seq.shape[0]
+    for n in range(min(max_ngram, length - 1), min_ngram - 1, -1):
+        if len(found) >= num_branches:
+            break
+        windows = seq[:-1].unfold(0, n, 1)
+        starts = (windows == seq[-n:]).all(dim=1).nonzero().squeeze(1).tolist()
+        for start in reversed(starts):
+            if len(found) >= num_branches:
+                break
+            tokens = seq[start + n : start + n + num_tokens].tolist()
+            if not any(other[: len(tokens)] == tokens for other, _ in found):
+                found.append((tokens, start + n))
+    return found
+
+
 class PromptLookup:
     """Speculate by copying from the prompt and the output so far (no draft model).
 
@@ -44,25 +87,45 @@ class PromptLookup:
         num_tokens: most tokens drafted per step. 7 drafts = 8 verify positions, the cheapest
             multi-position verify measured on 2-core CPUs (docs/design.md).
         max_ngram, min_ngram: suffix lengths tried for a match, longest first.
+        num_branches: most continuations proposed per step. 1 (the default) proposes one chain;
+            more propose a token tree of at most ``num_tokens`` nodes holding that many distinct
+            continuations (module docstring). Trees cannot be combined with ``grammar=`` yet.
     """
 
-    def __init__(self, num_tokens: int = 7, *, max_ngram: int = 3, min_ngram: int = 2) -> None:
+    def __init__(
+        self, num_tokens: int = 7, *, max_ngram: int = 3, min_ngram: int = 2, num_branches: int = 1
+    ) -> None:
         if not isinstance(num_tokens, int) or isinstance(num_tokens, bool) or num_tokens < 1:
             raise ConfigurationError(f"PromptLookup(num_tokens=...) must be an int >= 1, got {num_tokens!r}.")
         if not (isinstance(min_ngram, int) and isinstance(max_ngram, int) and 1 <= min_ngram <= max_ngram):
             raise ConfigurationError(
                 f"PromptLookup needs 1 <= min_ngram <= max_ngram, got min_ngram={min_ngram!r}, max_ngram={max_ngram!r}."
             )
+        if not isinstance(num_branches, int) or isinstance(num_branches, bool) or num_branches < 1:
+            raise ConfigurationError(f"PromptLookup(num_branches=...) must be an int >= 1, got {num_branches!r}.")
         self.num_tokens, self.max_ngram, self.min_ngram = num_tokens, max_ngram, min_ngram
+        self.num_branches = num_branches
 
     def __repr__(self) -> str:
-        return f"PromptLookup(num_tokens={self.num_tokens}, max_ngram={self.max_ngram}, min_ngram={self.min_ngram})"
+        branches = f", num_branches={self.num_branches}" if self.num_branches > 1 else ""
+        return (
+            f"PromptLookup(num_tokens={self.num_tokens}, max_ngram={self.max_ngram}, "
+            f"min_ngram={self.min_ngram}{branches})"
+        )
 
     def validate(self, target: PreTrainedModel, generation_config: GenerationConfig) -> None:
         """Model-free: works for any target."""
 
-    def start(self, ctx: SessionContext) -> _LookupSession:
-        return _LookupSession(self, ctx.batch_size)
+    def start(self, ctx: SessionContext) -> _LookupSession | _TreeLookupSession:
+        if self.num_branches == 1:
+            return _LookupSession(self, ctx.batch_size)
+        if ctx.grammar is not None:
+            raise ConfigurationError(
+                f"PromptLookup(num_branches={self.num_branches}) proposes token trees, and grammar= with token "
+                "trees is not supported yet (grammar masks are walked along chains). Use num_branches=1 "
+                "with grammar=, or drop grammar=."
+            )
+        return _TreeLookupSession(self, ctx.batch_size)
 
 
 class _LookupSession:
@@ -96,3 +159,52 @@ class _LookupSession:
 
     def on_commit(self, result) -> None:
         """Nothing cached; the copy pointer is advanced from the row lengths in ``propose``."""
+
+
+class _TreeLookupSession:
+    """Per call, ``num_branches > 1``: one trie of continuations per row; the copy pointer follows
+    the accepted branch."""
+
+    def __init__(self, strategy: PromptLookup, batch_size: int) -> None:
+        self.s = strategy
+        self.source: list[int | None] = [None] * batch_size
+        self.length: list[int] = [0] * batch_size
+        self.branches: list[list[int]] = [[] for _ in range(batch_size)]  # sources of this step's branches
+        self.owners: list[list[int]] = [[] for _ in range(batch_size)]  # branch index of each node
+
+    def propose(self, view: StepView) -> Proposal:
+        batch = view.ids.shape[0]
+        trees = []
+        for row in range(batch):
+            start, end = int(view.starts[row]), int(view.lengths[row])
+            budget = min(self.s.num_tokens, int(view.max_drafts[row]))
+            prefer = None if self.source[row] is None else self.source[row] + end - self.length[row]
+            found = (
+                find_continuations(
+                    view.ids[row, start:end], self.s.max_ngram, self.s.min_ngram, budget, self.s.num_branches, prefer
+                )
+                if budget
+                else []
+            )
+            tokens, parents, owners = trie([tokens for tokens, _ in found], budget)
+            self.branches[row] = [source for _, source in found]
+            self.owners[row] = owners
+            self.source[row] = found[0][1] if found else None
+            self.length[row] = end
+            trees.append((tokens, parents))
+        lengths = torch.tensor([len(tokens) for tokens, _ in trees], dtype=torch.long)
+        width = int(lengths.max()) if batch else 0
+        ids = view.ids.new_zeros((batch, width))
+        parents = (torch.arange(width) - 1).expand(batch, width).clone()  # padding nodes: chain layout
+        for row, (tokens, row_parents) in enumerate(trees):
+            ids[row, : len(tokens)] = torch.tensor(tokens, dtype=ids.dtype)
+            parents[row, : len(tokens)] = torch.tensor(row_parents, dtype=torch.long)
+        return Proposal(ids=ids, lengths=lengths, parents=parents.to(ids.device))
+
+    def on_commit(self, result: StepResult) -> None:
+        """Point each row's copy at the branch its deepest accepted node belongs to."""
+        accepted = result.num_accepted.tolist()
+        for row, n_acc in enumerate(accepted):
+            if n_acc > 0 and self.owners[row]:
+                node = int(result.path[row, n_acc]) - 1
+                self.source[row] = self.branches[row][self.owners[row][node]]
