@@ -2,12 +2,14 @@
 a cached prefix, eager (dynamic cache, what the eager engine runs) vs compiled (hfspec.compile's
 graph over a static store: frozen weights, inductor options as given).
 
-One process per model; one q at a time is compiled, measured and released (each frozen graph holds
-a copy of the weights: DESIGN.md §8). Per q: warm-up, then N alternating eager/compiled repetitions,
-medians. Results: JSON (every sample) + a markdown table.
+Each frozen graph holds its own copy of the weights (DESIGN.md §8), and freeing one inside a process
+did not make room for the next (the 1.5B's second frozen graph was killed for memory), so the curve
+is measured one q per process and merged. Per q: warm-up, then N alternating eager/compiled
+repetitions, medians. Results: JSON (every sample) + a markdown table.
 
-    python benchmarks/verify_curve.py target --qs 1,2,4,8,16,32 --prefix 256 --reps 5 \\
-        --out benchmarks/results/verify-curve-1.5b.json
+    for q in 1 2 4 8 16 32; do python benchmarks/verify_curve.py target --qs $q --out /tmp/vc/target-q$q.json; done
+    python benchmarks/verify_curve.py merge benchmarks/results/verify-curve-qwen2.5-coder-1.5b.json /tmp/vc/target-q*.json
+
 """
 
 from __future__ import annotations
@@ -137,10 +139,29 @@ def main() -> int:
     return 0
 
 
+def merge(paths: list[str], out: str) -> dict:
+    """One curve from one-q-per-process runs (each frozen 1.5B graph needs its own process: two
+    in one process ran out of 24 GiB). Ratios are recomputed against the smallest q."""
+    parts = [json.load(open(p)) for p in paths]
+    rows = sorted((r for part in parts for r in part["rows"]), key=lambda r: r["q"])
+    e1, c1 = rows[0]["eager_s"], rows[0]["compiled_s"]
+    for r in rows:
+        r["eager_over_eager_q1"] = r["eager_s"] / e1
+        r["compiled_over_compiled_q1"] = r["compiled_s"] / c1
+        r["compiled_over_eager_q1"] = r["compiled_s"] / e1
+    result = {**parts[0], "rows": rows, "command": "; ".join(p["command"] for p in parts),
+              "load_average": {"per_process": [p["load_average"] for p in parts]}}
+    with open(out, "w") as f:
+        json.dump(result, f, indent=1)
+    with open(out.removesuffix(".json") + ".md", "w") as f:
+        f.write(render(result))
+    return result
+
+
 def render(result: dict) -> str:
     lines = [
         f"Command: `{result['command']}`  ",
-        f"Load average start {result['load_average']['start']}, end {result['load_average']['end']}; "
+        f"Load average {result['load_average']}; "
         f"prefix {result['prefix']} cached tokens; medians of {result['reps']}; inductor options {result['options']}",
         "",
         "| q | eager ms | compiled ms | eager/compiled | t(q)/t(1) eager | t(q)/t(1) compiled | compiled t(q) / eager t(1) | compile s | max abs dlogit | argmax equal |",
@@ -156,4 +177,7 @@ def render(result: dict) -> str:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["merge"]:  # python benchmarks/verify_curve.py merge OUT.json IN.json ...
+        print(render(merge(sys.argv[3:], sys.argv[2])))
+        sys.exit(0)
     sys.exit(main())

@@ -68,6 +68,7 @@ HFSPEC_COMPILED = (
     "hfspec_lookup_tree_compiled",
 )
 HFSPEC_CONFIGS = ("hfspec_draft", "hfspec_lookup", *HFSPEC_COMPILED)
+DRAFT_CONFIGS = ("hf_assisted", "hfspec_draft", "hfspec_draft_compiled", "hfspec_draft_tree_compiled")
 TREE_SPEC = hfspec.TreeSpec(top_k=2, depth=4)  # hfspec_draft_tree_*: num_tokens nodes, 4 draft forwards
 LOOKUP_BRANCHES = 3  # hfspec_lookup_tree_*
 # The best inductor options HF's CompileConfig accepts: freezing crashes there (its static cache is a
@@ -141,6 +142,7 @@ class Workload:
     eos_token_ids: list[int]
     pad_token_id: int
     models: dict[str, Any]  # description for the results file
+    plan: Any = None  # hfspec CompiledPlan whose target graph is already compiled (real runs with compiled configs)
 
 
 @dataclass
@@ -236,8 +238,14 @@ def real_workload(settings: BenchSettings) -> Workload:
     names = select_by_name([s["name"] for s in specs], settings.prompts)
     from hfspec import models  # lazy: needs gguf/accelerate and minutes of loading
 
-    target, draft, tokenizer = models.load_pair(progress=settings.progress)
+    target = models.load_model(models.TARGET, progress=settings.progress)
+    tokenizer = models.load_tokenizer(models.DRAFT)
     prompts = [chat_prompt(tokenizer, s) for s in specs if s["name"] in names]
+    # Freezing the 1.5B peaks at ~14 GB over its 6 GB: compile its verify graph before the draft
+    # (2 GB) is loaded, or the two do not fit in 24 GiB together (killed for memory otherwise).
+    plan = _compiled_target_plan(settings, target, prompts[0]) if any(c in HFSPEC_COMPILED for c in settings.configs) else None
+    needs_draft = any(c in DRAFT_CONFIGS for c in settings.configs)
+    draft = models.load_model(models.DRAFT, progress=settings.progress) if needs_draft else None
     return Workload(
         target=target,
         draft=draft,
@@ -247,9 +255,26 @@ def real_workload(settings: BenchSettings) -> Workload:
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         models={
             "target": describe_model(target, models.TARGET),
-            "draft": describe_model(draft, models.DRAFT),
+            "draft": describe_model(draft, models.DRAFT) if draft is not None else None,
         },
+        plan=plan,
     )
+
+
+def _compiled_target_plan(settings: BenchSettings, target: PreTrainedModel, prompt: Prompt) -> Any:
+    """A PromptLookup plan whose target graph is compiled now (two tokens of the first prompt)."""
+    plan = hfspec.compile(
+        target,
+        hfspec.PromptLookup(num_tokens=settings.lookup_tokens, max_ngram=settings.lookup_max_ngram,
+                            min_ngram=settings.lookup_min_ngram),
+        backend=settings.compile_backend,
+        capacity=settings.capacity,
+        node_budget=max(settings.draft_tokens, settings.lookup_tokens),
+        options=settings.compile_options,
+    )
+    target.generate(input_ids=prompt.input_ids, attention_mask=torch.ones_like(prompt.input_ids), max_new_tokens=2,
+                    do_sample=False, custom_generate=hfspec.generate, assistant_strategy=plan)
+    return plan
 
 
 def chat_prompt(tokenizer: Any, spec: dict[str, Any]) -> Prompt:
@@ -324,37 +349,43 @@ def build_strategies(settings: BenchSettings, workload: Workload) -> dict[str, A
         kwargs = dict(backend=settings.compile_backend, capacity=settings.capacity, options=settings.compile_options)
         budget = max(settings.draft_tokens, settings.lookup_tokens)
         uses_draft = any(c in settings.configs for c in ("hfspec_draft_compiled", "hfspec_draft_tree_compiled"))
-        base = strategies["hfspec_draft"] if uses_draft else strategies["hfspec_lookup"]
-        plan = hfspec.compile(workload.target, base, node_budget=budget, **kwargs)
-        tree_draft = hfspec.DraftModel(workload.draft, num_tokens=settings.draft_tokens, tree=TREE_SPEC)
+        if workload.plan is not None:  # target graph compiled before the draft was loaded
+            plan = workload.plan.sharing(strategies["hfspec_draft"]) if uses_draft else workload.plan
+        else:
+            base = strategies["hfspec_draft"] if uses_draft else strategies["hfspec_lookup"]
+            plan = hfspec.compile(workload.target, base, node_budget=budget, **kwargs)
         tree_lookup = hfspec.PromptLookup(
             num_tokens=settings.lookup_tokens,
             max_ngram=settings.lookup_max_ngram,
             min_ngram=settings.lookup_min_ngram,
             num_branches=LOOKUP_BRANCHES,
         )
-        strategies["hfspec_draft_compiled"] = plan
+        if uses_draft:
+            strategies["hfspec_draft_compiled"] = plan
         strategies["hfspec_lookup_compiled"] = plan.sharing(strategies["hfspec_lookup"])
         strategies["hfspec_lookup_tree_compiled"] = plan.sharing(tree_lookup)
         if uses_draft:
+            tree_draft = hfspec.DraftModel(workload.draft, num_tokens=settings.draft_tokens, tree=TREE_SPEC)
             strategies["hfspec_draft_tree_compiled"] = plan.sharing(tree_draft)
     return strategies
 
 
 def _eager_strategies(settings: BenchSettings, workload: Workload) -> dict[str, Any]:
-    return {
-        "hfspec_draft": hfspec.DraftModel(
-            workload.draft,
-            num_tokens=settings.draft_tokens,
-            do_sample=settings.draft_do_sample,
-            confidence_threshold=settings.confidence_threshold,
-        ),
+    strategies: dict[str, Any] = {
         "hfspec_lookup": hfspec.PromptLookup(
             num_tokens=settings.lookup_tokens,
             max_ngram=settings.lookup_max_ngram,
             min_ngram=settings.lookup_min_ngram,
         ),
     }
+    if workload.draft is not None:
+        strategies["hfspec_draft"] = hfspec.DraftModel(
+            workload.draft,
+            num_tokens=settings.draft_tokens,
+            do_sample=settings.draft_do_sample,
+            confidence_threshold=settings.confidence_threshold,
+        )
+    return strategies
 
 
 def generation_kwargs(mode: str, settings: BenchSettings, workload: Workload, max_new_tokens: int) -> dict:
@@ -408,8 +439,10 @@ def config_kwargs(
 
 def hf_compile_config(config: str) -> transformers.CompileConfig:
     """HF's static-cache decoding compiled: its defaults, or the best inductor options it accepts."""
-    options = HF_AUTOTUNE_OPTIONS if config == "hf_compiled_autotune" else None
-    compile_config = transformers.CompileConfig(fullgraph=True, dynamic=False, options=options)
+    if config == "hf_compiled_autotune":  # torch.compile takes a mode or options, not both
+        compile_config = transformers.CompileConfig(fullgraph=True, dynamic=False, mode=None, options=HF_AUTOTUNE_OPTIONS)
+    else:
+        compile_config = transformers.CompileConfig(fullgraph=True, dynamic=False)
     compile_config._compile_all_devices = True  # HF compiles only on accelerators otherwise
     return compile_config
 
@@ -724,8 +757,8 @@ def _git_revision() -> str | None:
 def strategy_settings(settings: BenchSettings, workload: Workload) -> dict[str, Any]:
     """What each speculative config actually ran with, HF defaults included, so the comparison is auditable."""
     defaults = GenerationConfig._get_default_generation_params()
-    draft_config = workload.draft.generation_config
-    threshold = draft_config.assistant_confidence_threshold
+    draft_config = workload.draft.generation_config if workload.draft is not None else None
+    threshold = draft_config.assistant_confidence_threshold if draft_config is not None else None
     return {
         "hf_assisted": {
             "num_assistant_tokens": settings.draft_tokens,
@@ -768,7 +801,7 @@ def strategy_settings(settings: BenchSettings, workload: Workload) -> dict[str, 
         "hf_compiled": {"cache_implementation": "static", "compile_config": "CompileConfig(fullgraph=True, dynamic=False)"},
         "hf_compiled_autotune": {
             "cache_implementation": "static",
-            "compile_config": f"CompileConfig(fullgraph=True, dynamic=False, options={HF_AUTOTUNE_OPTIONS})",
+            "compile_config": f"CompileConfig(fullgraph=True, dynamic=False, mode=None, options={HF_AUTOTUNE_OPTIONS})",
         },
     }
 
@@ -806,7 +839,9 @@ def build_results(
         "models": _jsonable(workload.models),
         "prompts": describe_prompts(workload),
         "all_greedy_identical": all(greedy) if greedy else None,
-        "compile": compile_report(warmups),
+        "compile": {**compile_report(warmups), **(
+            {"hfspec target graph (first call)": workload.plan.target.compile_seconds} if workload.plan is not None else {}
+        )},
         "summary": rows,
         "geomean": geomean_rows(rows),
         "outputs": sample_texts(runs, workload),
@@ -953,7 +988,7 @@ def environment_lines(results: dict[str, Any]) -> list[str]:
         f"- CPU: {m['cpu_model']}, {m['cpus_available']} cores available, torch threads {m['torch_threads']}, "
         f"load average (1/5/15 min) {_load_text(m.get('load_average'))}",
         f"- Target {models['target']['name']} ({models['target']['dtype']}), "
-        f"draft {models['draft']['name']} ({models['draft']['dtype']})",
+        + (f"draft {models['draft']['name']} ({models['draft']['dtype']})" if models.get("draft") else "no draft loaded"),
     ]
 
 

@@ -207,11 +207,17 @@ def test_unsupported_attention_and_missing_backends_are_refused():
         hfspec.compile(target, hfspec.compile(target, None, backend="eager"))
 
 
-def test_plan_sharing_refuses_another_draft(models):
+def test_plan_sharing_with_another_draft_keeps_the_target_graph(models):
     target, draft, _ = models["llama"]
-    plan = hfspec.compile(target, hfspec.DraftModel(draft, num_tokens=3), backend="eager")
-    with pytest.raises(hfspec.ConfigurationError, match="same draft model"):
-        plan.sharing(hfspec.DraftModel(perturbed_copy(target, 0.02), num_tokens=3))
+    plan = hfspec.compile(target, hfspec.PromptLookup(num_tokens=3), backend="eager", capacity=64)
+    other = plan.sharing(hfspec.DraftModel(perturbed_copy(target, 0.02), num_tokens=3))
+    again = other.sharing(hfspec.DraftModel(draft, num_tokens=3))
+    assert plan.draft is None and other.draft is not None and again.draft is not other.draft
+    assert other.target is plan.target and again.target is plan.target
+    kwargs = dict(input_ids=torch.tensor([[5, 6, 7, 5, 6]]), max_new_tokens=10, do_sample=False)
+    for strategy in (plan, other, again):
+        assert torch.equal(target.generate(**kwargs, custom_generate=hfspec.generate, assistant_strategy=strategy),
+                           target.generate(**kwargs))
 
 
 def test_exported_verify_program_runs_and_matches_eager(models):

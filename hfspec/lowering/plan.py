@@ -246,13 +246,15 @@ class CompiledPlan:
             model, StaticStore(_num_layers(model), batch_size, capacity, model.device), node_budget + 1, compiler
         )
         self.target.node_budget = node_budget
+        self._draft_options = draft_options if draft_options is not None else options
         draft = _draft_model_of(strategy)
-        self.draft = None
-        if draft is not None:
-            draft_compiler = _compiler(backend, draft_options if draft_options is not None else options)
-            # the draft reads every verified slot: its store holds the target's layout plus its own drafts
-            store = StaticStore(_num_layers(draft), batch_size, capacity + node_budget + 1, draft.device)
-            self.draft = GraphRunner(draft, store, 1, draft_compiler)
+        self.draft = self._draft_runner(draft) if draft is not None else None
+
+    def _draft_runner(self, draft: PreTrainedModel) -> GraphRunner:
+        check_attention(draft)
+        # the draft reads every verified slot: its store holds the target's layout plus its own drafts
+        store = StaticStore(_num_layers(draft), self.batch_size, self.capacity + self.node_budget + 1, draft.device)
+        return GraphRunner(draft, store, 1, _compiler(self.backend, self._draft_options))
 
     def sharing(self, strategy: Strategy) -> CompiledPlan:
         """A plan for another proposer over the SAME graphs and caches (no new compile, no second
@@ -261,10 +263,12 @@ class CompiledPlan:
         other = object.__new__(CompiledPlan)
         other.__dict__.update(self.__dict__)
         other.strategy = strategy
-        if _draft_model_of(strategy) is not _draft_model_of(self.strategy):
-            other.draft = None
-            if _draft_model_of(strategy) is not None:
-                raise ConfigurationError("sharing() needs the same draft model (or none); build a new plan for another draft.")
+        draft = _draft_model_of(strategy)
+        if draft is not _draft_model_of(self.strategy):
+            # another (or a first) draft: its own one-token graph, compiled on first use; the
+            # target graph is still shared (compile the target before loading a draft to keep the
+            # memory peak of freezing a large target low)
+            other.draft = self._draft_runner(draft) if draft is not None else None
         return other
 
     def __repr__(self) -> str:
