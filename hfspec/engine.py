@@ -6,6 +6,8 @@ number of KV slots: after a step the target cache is cropped to the longest row'
 length and the slots other rows rejected are *masked* (``slot_mask`` = 0) rather than removed.
 Position ids come from the mask's running sum, so each row sees exactly its own sequence.
 The draft model's cache follows the same slot layout, so one mask serves both models.
+A row that stopped idles, or is fed on as HF feeds it (real tokens, or pads whose scores HF
+records) until every row has stopped; the Committer decides which (``after_stop_policy``).
 
 State per call (never on the strategy object):
   ids (B, T)        left-padded prompt + committed tokens; row i valid up to lengths[i]
@@ -15,7 +17,7 @@ State per call (never on the strategy object):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from transformers import (
@@ -27,7 +29,7 @@ from transformers import (
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from hfspec import acceptance
-from hfspec.committer import Committer
+from hfspec.committer import Committer, after_stop_policy
 from hfspec.engine_utils import lm_head_width
 from hfspec.grammar.rows import GrammarRows
 from hfspec.masks import check_attention
@@ -126,7 +128,8 @@ def accept(scores, batch: VerifyBatch, draft_probs, do_sample: bool, target: Ver
         n_acc, next_token = walk.num_accepted, walk.next_token
         longest = int(n_acc.max()) if b else 0
         nodes = walk.path[:, :longest].clamp_min(0)
-        path = torch.cat([torch.zeros_like(nodes[:, :1]), nodes + 1], dim=1)
+        root = torch.zeros((b, 1), dtype=nodes.dtype, device=nodes.device)  # not nodes[:, :1]: empty when longest = 0
+        path = torch.cat([root, nodes + 1], dim=1)
     drafted = tokens.gather(1, (path[:, 1:] - 1).clamp_min(0))
     emitted = torch.cat([drafted, next_token[:, None]], dim=1).scatter(1, n_acc[:, None], next_token[:, None])
     return StepResult(
@@ -138,6 +141,49 @@ def accept(scores, batch: VerifyBatch, draft_probs, do_sample: bool, target: Ver
         kept_slots=0,
         log_weight=torch.zeros(b, dtype=scores.dtype, device=scores.device),
     )
+
+
+def pad_drafts(ids, parents, num_nodes, forced, others, room, pad_id: int):
+    """Replace the proposal of ``forced`` rows (stopped rows whose scores HF still records) by a
+    chain of pad tokens: as many as the widest of the ``others`` (rows still drafting) drafts, so
+    they never widen the verify batch, or their whole room once no other row drafts; never more
+    than ``room`` (their max_drafts, so the node budget of compiled plans holds).
+    Returns (ids, parents, num_nodes)."""
+    pads = room.minimum(num_nodes[others].max()) if bool(others.any()) else room
+    pads = torch.where(forced, pads, num_nodes)
+    b, k = ids.shape
+    width = max(k, int(pads.max()))
+    out = ids.new_full((b, width), pad_id)
+    out[:, :k] = ids
+    rows = forced.to(ids.device)
+    out[rows] = pad_id
+    if parents is not None:
+        chain = (torch.arange(width, device=parents.device) - 1).expand(b, width).clone()
+        chain[:, :k] = parents
+        chain[rows.to(parents.device)] = torch.arange(width, device=parents.device) - 1
+        parents = chain
+    return out, parents, pads
+
+
+def force_pads(result: StepResult, forced: torch.Tensor, num_nodes: torch.Tensor, pad_id: int) -> StepResult:
+    """``forced`` rows commit all their pad drafts and a pad next token (num_accepted = their node
+    count): the scores recorded along this path are HF's for the row followed by pads."""
+    b, m = result.path.shape
+    counts = num_nodes.to(result.path.device)
+    rows = forced.to(result.path.device)
+    width = max(m, int(counts[rows].max()) + 1)
+    chain = torch.arange(width, device=result.path.device).expand(b, width)
+    path = chain.clone()
+    path[:, :m] = result.path
+    path[rows] = chain[rows]
+    emitted = result.emitted.new_full((b, width), pad_id)
+    emitted[:, :m] = result.emitted
+    emitted[rows] = pad_id
+    result.path, result.emitted = path, emitted
+    n_acc = result.num_accepted
+    result.num_accepted = torch.where(rows.to(n_acc.device), num_nodes.to(n_acc.device), n_acc)
+    result.next_token = torch.where(rows.to(result.next_token.device), pad_id, result.next_token)
+    return result
 
 
 def process_tree(processor: PrefixProcessor, ids, lengths, batch: VerifyBatch, logits) -> torch.Tensor:
@@ -199,7 +245,8 @@ def speculative_generate(
     ids[:, :prompt_len] = input_ids
     lengths = torch.full((batch,), prompt_len, dtype=torch.long)
     starts = mask.argmax(dim=-1).cpu()
-    committer = Committer(ids, lengths, stopping_criteria, streamer, want_scores)
+    after_stop = after_stop_policy(stopping_criteria, want_scores)
+    committer = Committer(ids, lengths, stopping_criteria, streamer, want_scores, after_stop)
 
     runner = runner if runner is not None else eager_runner(model, batch)
     layout = SlotLayout.for_prompt(input_ids, mask)
@@ -216,23 +263,27 @@ def speculative_generate(
         )
     )
     budget = runner.node_budget
-    while not bool(committer.finished.all()):
-        active = ~committer.finished
-        room = (max_length - lengths - 1).clamp_min(0)
+    while bool((working := committer.working()).any()):
+        live = ~committer.finished  # rows whose stop is still ahead (stats, grammar, streaming)
+        forced = committer.forced()  # stopped rows fed pads (committer.after_stop_policy)
+        room = (committer.limit - lengths - 1).clamp_min(0)
         if budget is not None:
             room = room.clamp_max(budget)
-        max_drafts = torch.where(active, room, torch.zeros_like(lengths))
+        max_drafts = torch.where(working & ~forced, room, torch.zeros_like(lengths))
         proposal = session.propose(
             StepView(ids, lengths, starts, layout.tokens, layout.mask, layout.pending, max_drafts)
         )
         num_nodes = torch.minimum(proposal.lengths.cpu(), max_drafts)
-        parents = proposal.parents
+        proposed, parents = proposal.ids, proposal.parents
         if grammar is not None:
-            num_nodes = torch.minimum(num_nodes, grammar.grammatical_prefix(proposal.ids, num_nodes))
+            num_nodes = torch.minimum(num_nodes, grammar.grammatical_prefix(proposed, num_nodes))
+        if bool(forced.any()):
+            drafting = working & ~forced
+            proposed, parents, num_nodes = pad_drafts(proposed, parents, num_nodes, forced, drafting, room, pad_id)
         width = int(num_nodes.max()) if batch else 0
         if parents is not None and not is_chain(parents[:, :width]):
-            width = proposal.ids.shape[1]  # a tree keeps its node order; padding nodes are ignored
-        node_tokens = proposal.ids[:, :width].to(device)
+            width = proposed.shape[1]  # a tree keeps its node order; padding nodes are ignored
+        node_tokens = proposed[:, :width].to(device)
         parents = parents[:, :width].to(device) if parents is not None else chain_parents(batch, width, device)
 
         verify = build_verify_batch(
@@ -243,17 +294,28 @@ def speculative_generate(
             scores = processor(ids, lengths, verify.node_tokens, logits)
         else:
             scores = process_tree(processor, ids, lengths, verify, logits)
-        result = accept(scores, verify, proposal.probs, do_sample, verify_target)
+        if bool(forced.any()):  # pads are not judged: they are committed as they are
+            judged = replace(verify, num_nodes=torch.where(forced.to(device), 0, verify.num_nodes))
+            result = accept(scores, judged, proposal.probs, do_sample, verify_target)
+            result = force_pads(result, forced, num_nodes, pad_id)
+        else:
+            result = accept(scores, verify, proposal.probs, do_sample, verify_target)
 
         n_acc = result.num_accepted.cpu()
-        result.kept = committer.commit(result.emitted, n_acc + 1, scores.gather(
+        committed = committer.commit(result.emitted, n_acc + 1, scores.gather(
             1, result.path.to(scores.device)[..., None].expand(-1, -1, scores.shape[-1])
         ) if want_scores else None)
+        result.kept = committed.kept
         if grammar is not None:
-            grammar.commit(result.emitted, result.kept)
-        stats.record(num_nodes, n_acc, result.kept, active)
+            grammar.commit(result.emitted, committed.own)  # never after-stop tokens (pads)
+        stats.record(num_nodes, n_acc, committed.own, live)
 
-        result.num_accepted = torch.where(active, n_acc, torch.zeros_like(n_acc))
+        # the layout keeps exactly what was committed: a row cut by its stop (or L*) ends at its
+        # last kept token, so a row fed on after its stop continues from its true sequence
+        last = (committed.kept - 1).clamp_min(0)
+        ends = result.emitted.gather(1, last.to(result.emitted.device)[:, None]).squeeze(1)
+        result.next_token = torch.where(committed.kept.to(ends.device) > 0, ends, result.next_token)
+        result.num_accepted = last
         base = layout.num_slots
         result.kept_slots = layout.advance(result)
         slot_valid = layout.mask[:, base:].bool()
@@ -265,7 +327,7 @@ def speculative_generate(
         stats.masks_filled += grammar.masks_filled
     if streamer is not None:
         streamer.end()
-    sequences = ids[:, : int(lengths.max())]
+    sequences = ids[:, : committer.output_length()]
     if not generation_config.return_dict_in_generate:
         return sequences
     return GenerateDecoderOnlyOutput(sequences=sequences, scores=committer.stacked_scores())

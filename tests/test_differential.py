@@ -15,9 +15,8 @@ Budget: ``DEFAULT_CASES`` by default (well under 60 s on one core); ``SLOW_CASES
 HFSPEC_SLOW=1 (the ``slow`` marker). A failing case is reproduced alone by its id
 (``pytest tests/test_differential.py -k case0042``).
 
-Two switches below mark what the engine does not match yet (issue 9): with a switch off, the
-cases it covers still run, as xfail, instead of being dropped; flip it once the engine is fixed
-and they must pass. ``SLIDING_WINDOW_SUPPORTED`` covers sliding-window and hybrid architectures;
+Two switches below mark what the engine did not match yet (issue 9); both are on now. With a
+switch off, the cases it covers still run, as xfail, instead of being dropped. ``SLIDING_WINDOW_SUPPORTED`` covers sliding-window and hybrid architectures;
 ``FINISHED_ROW_PARITY`` covers rows after a stop without an EOS id (xfail) and the scores of rows
 that already finished (compared only when it is on).
 """
@@ -55,7 +54,7 @@ SLIDING_WINDOW_SUPPORTED = True
 # Issue 9 items 3 and 4: after a row stops on a custom criterion or stop string while the call has
 # no EOS id, HF keeps writing real tokens to it (hfspec pads); and ``output_scores`` of rows that
 # already finished (HF: the processed scores it computed; hfspec: -inf).
-FINISHED_ROW_PARITY = False
+FINISHED_ROW_PARITY = True
 
 SLOW = os.environ.get("HFSPEC_SLOW") == "1"
 DEFAULT_CASES = 150

@@ -151,9 +151,105 @@ def test_scores_reading_criterion_on_padded_batch(models, arch, strategy):
     got = spec(target, assistant_strategy=strategy_for(strategy, close), **kwargs)
     assert torch.equal(got.sequences, expected.sequences)
     assert len(got.scores) == len(expected.scores)
-    for a, b in zip(got.scores, expected.scores, strict=True):
-        live = torch.isfinite(a).any(dim=-1)  # rows still generating at this step (finished: -inf)
-        torch.testing.assert_close(a[live], b[live].to(a.dtype), rtol=1e-5, atol=1e-5)
+    for a, b in zip(got.scores, expected.scores, strict=True):  # every row, finished ones included
+        torch.testing.assert_close(a, b.to(a.dtype), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ after a row stops
+class RowBudgets(StoppingCriteria):
+    """New-token budgets per row; no ``eos_token_id`` attribute, so HF pads nothing."""
+
+    def __init__(self, budgets, prompt_len):
+        self.budgets, self.prompt_len = torch.tensor(budgets), prompt_len
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return (input_ids.shape[1] - self.prompt_len) >= self.budgets
+
+
+def assert_same_output(got, expected, output_scores: bool) -> None:
+    if not output_scores:
+        assert torch.equal(got, expected), f"\nHF     {expected.tolist()}\nhfspec {got.tolist()}"
+        return
+    assert torch.equal(got.sequences, expected.sequences), (
+        f"\nHF     {expected.sequences.tolist()}\nhfspec {got.sequences.tolist()}")
+    assert len(got.scores) == len(expected.scores)
+    for step, (a, b) in enumerate(zip(got.scores, expected.scores, strict=True)):  # every row, every step
+        assert bool(torch.isfinite(a).any(dim=-1).all()), f"step {step}: a row has no scores"
+        torch.testing.assert_close(a, b.to(a.dtype), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("strategy", ["draft", "lookup"])
+@pytest.mark.parametrize("budgets", [(2, 6), (7, 3)])
+@pytest.mark.parametrize("output_scores", [False, True])
+def test_rows_stopped_without_eos_keep_real_tokens(models, arch, strategy, budgets, output_scores):
+    """Issue 9 item 3: no EOS criterion, so HF keeps writing real tokens to a row a custom
+    criterion stopped, until the last row stops; the output ends at the largest stop length.
+    (7, 3): row 1 stops first and, fed on, may run past L* = 4 + 7 (it is cut there)."""
+    target, close, _ = models[arch]
+    ids = torch.tensor([[0, 0, 5, 6], [7, 8, 7, 8]])
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    kwargs = dict(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False, eos_token_id=None,
+                  stopping_criteria=StoppingCriteriaList([RowBudgets(budgets, 4)]),
+                  return_dict_in_generate=output_scores, output_scores=output_scores)
+    expected = target.generate(**kwargs)
+    sequences = expected.sequences if output_scores else expected
+    free = target.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max(budgets), eos_token_id=None)
+    assert torch.equal(sequences, free)  # HF: both rows carry their own greedy tokens up to L*, no pads
+    got = spec(target, assistant_strategy=strategy_for(strategy, close), **kwargs)
+    assert_same_output(got, expected, output_scores)
+
+
+def eos_with_staggered_stops(model, ids, mask, new_tokens) -> int:
+    """An EOS id from plain greedy output that ends some row well before the last row stops."""
+    free = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, eos_token_id=None)
+    prompt = ids.shape[1]
+    for token in dict.fromkeys(free[:, prompt : prompt + 4].flatten().tolist()):
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, eos_token_id=token)
+        stops = [(row[prompt:] == token).nonzero() for row in out]
+        first = [int(s[0]) + 1 if len(s) else new_tokens for s in stops]
+        if min(first) + 3 <= out.shape[1] - prompt and len(set(first)) > 1:
+            return token
+    raise AssertionError("no EOS candidate staggers the rows' stops")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("strategy", ["draft", "lookup"])
+def test_finished_row_scores_equal_hf_with_an_eos_stop(models, arch, strategy):
+    """Issue 9 item 4: HF returns, for a row that stopped on EOS, the processed scores it computed
+    at every later step (the row followed by pads); hfspec feeds such rows pads to match."""
+    from tests.conftest import padded_batch
+
+    target, close, _ = models[arch]
+    ids, mask = padded_batch()
+    kwargs = dict(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
+                  eos_token_id=eos_with_staggered_stops(target, ids, mask, 12), repetition_penalty=1.3,
+                  return_dict_in_generate=True, output_scores=True)
+    expected = target.generate(**kwargs)
+    got = spec(target, assistant_strategy=strategy_for(strategy, close), **kwargs)
+    assert_same_output(got, expected, True)
+
+
+@pytest.mark.parametrize("strategy", ["draft", "lookup"])
+@pytest.mark.parametrize("eos", [False, True])
+def test_after_stop_rows_through_a_static_plan(models, strategy, eos):
+    """The same two cases through a fixed-width plan: pads and continuations stay inside the node
+    budget (build_verify_batch raises otherwise) and match plain generate."""
+    from tests.conftest import padded_batch
+
+    target, close, _ = models["llama"]
+    ids, mask = padded_batch()
+    plan = hfspec.compile(target, strategy_for(strategy, close), backend="eager", batch_size=3, capacity=128,
+                          node_budget=3)
+    if eos:
+        stop = dict(eos_token_id=eos_with_staggered_stops(target, ids, mask, 12))
+    else:
+        stop = dict(eos_token_id=None, stopping_criteria=StoppingCriteriaList([RowBudgets((2, 9, 5), ids.shape[1])]))
+    kwargs = dict(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
+                  return_dict_in_generate=True, output_scores=True, **stop)
+    expected = target.generate(**kwargs)
+    got = spec(target, assistant_strategy=plan, **kwargs)
+    assert_same_output(got, expected, True)
 
 
 # ------------------------------------------------------------------------------ refused up front

@@ -42,7 +42,7 @@ class StepView:
     slot_tokens: torch.Tensor  # (B, S) token id at each target KV-cache slot (junk where masked)
     slot_mask: torch.Tensor  # (B, S) 1 where the slot is part of the row's sequence
     pending: torch.Tensor  # (B,) last committed token, not yet in any cache
-    max_drafts: torch.Tensor  # (B,) most drafts each row may take this step (0 for finished rows)
+    max_drafts: torch.Tensor  # (B,) most drafts each row may take this step (0: no proposal needed, e.g. stopped rows)
 
 
 @dataclass
