@@ -68,17 +68,17 @@ def test_results_structure(tiny_run):
         assert key in results["machine"]
     assert results["machine"]["torch_threads"] == 1
     settings = results["settings"]
-    assert settings["tiny"] and settings["repeats"] == REPEATS and tuple(settings["configs"]) == bench.CONFIGS
-    assert set(results["strategies"]) == set(bench.CONFIGS) - {"hf_plain"}
+    assert settings["tiny"] and settings["repeats"] == REPEATS and tuple(settings["configs"]) == bench.DEFAULT_CONFIGS
+    assert set(results["strategies"]) == set(bench.DEFAULT_CONFIGS) - {"hf_plain"}
     assert results["strategies"]["hf_assisted"]["num_assistant_tokens"] == settings["draft_tokens"]
     assert results["generation"]["sample"]["top_k"] == 0 and results["generation"]["sample"]["top_p"] == 1.0
     assert set(results["prompts"]) == set(PROMPTS)
 
     runs = results["runs"]
-    assert len(runs) == len(MODES) * len(PROMPTS) * len(bench.CONFIGS) * REPEATS
-    assert len(results["warmup"]) == len(MODES) * len(bench.CONFIGS)
+    assert len(runs) == len(MODES) * len(PROMPTS) * len(bench.DEFAULT_CONFIGS) * REPEATS
+    assert len(results["warmup"]) == len(MODES) * len(bench.DEFAULT_CONFIGS)
     assert {(r["mode"], r["prompt"], r["config"], r["repeat"]) for r in runs} == {
-        (m, p, c, k) for m in MODES for p in PROMPTS for c in bench.CONFIGS for k in range(REPEATS)
+        (m, p, c, k) for m in MODES for p in PROMPTS for c in bench.DEFAULT_CONFIGS for k in range(REPEATS)
     }
     for run in runs:
         assert 1 <= run["new_tokens"] <= 5 and len(run["output_ids"]) == run["new_tokens"]
@@ -90,8 +90,8 @@ def test_results_structure(tiny_run):
         if run["config"] == "hf_plain":
             assert run["tau"] == 1.0
 
-    assert len(results["summary"]) == len(MODES) * len(PROMPTS) * len(bench.CONFIGS)
-    assert len(results["geomean"]) == len(MODES) * len(bench.CONFIGS)
+    assert len(results["summary"]) == len(MODES) * len(PROMPTS) * len(bench.DEFAULT_CONFIGS)
+    assert len(results["geomean"]) == len(MODES) * len(bench.DEFAULT_CONFIGS)
     for row in results["summary"]:
         if row["config"] == "hf_plain":
             assert row["speedup_vs_plain"] == pytest.approx(1.0)
@@ -151,18 +151,18 @@ def test_markdown_section_written_and_replaced(tiny_run):
 
 # --------------------------------------------------------------------------- helpers
 def test_schedule_rotates_so_no_config_always_runs_first():
-    n = len(bench.CONFIGS)
+    n = len(bench.DEFAULT_CONFIGS)
     settings = bench.BenchSettings(repeats=n, modes=MODES)
     prompts = [
         bench.Prompt(str(i), torch.tensor([[2, 3]]), kind="") for i in range(n)
     ]  # modes*prompts % n == 0
     plan = bench.schedule(settings, prompts)
     groups = [plan[i : i + n] for i in range(0, len(plan), n)]
-    assert all(sorted(c for *_, c in g) == sorted(bench.CONFIGS) for g in groups)
+    assert all(sorted(c for *_, c in g) == sorted(bench.DEFAULT_CONFIGS) for g in groups)
     for mode in MODES:
         for index in range(n):
             firsts = [g[0][3] for g in groups if g[0][:2] == (mode, index)]
-            assert sorted(firsts) == sorted(bench.CONFIGS)  # each config runs first once per (mode, prompt)
+            assert sorted(firsts) == sorted(bench.DEFAULT_CONFIGS)  # each config runs first once per (mode, prompt)
 
 
 def test_mismatch_is_flagged_loudly(capsys):
