@@ -263,18 +263,31 @@ def real_workload(settings: BenchSettings) -> Workload:
 
 def _compiled_target_plan(settings: BenchSettings, target: PreTrainedModel, prompt: Prompt) -> Any:
     """A PromptLookup plan whose target graph is compiled now (two tokens of the first prompt)."""
-    plan = hfspec.compile(
+    plan = compile_plan(settings, target, lookup_strategy(settings))
+    target.generate(input_ids=prompt.input_ids, attention_mask=torch.ones_like(prompt.input_ids), max_new_tokens=2,
+                    do_sample=False, custom_generate=hfspec.generate, assistant_strategy=plan)
+    return plan
+
+
+def compile_plan(settings: BenchSettings, target: PreTrainedModel, strategy: Any) -> Any:
+    """The one plan the compiled configs share (node budget: the larger of the two proposers')."""
+    return hfspec.compile(
         target,
-        hfspec.PromptLookup(num_tokens=settings.lookup_tokens, max_ngram=settings.lookup_max_ngram,
-                            min_ngram=settings.lookup_min_ngram),
+        strategy,
         backend=settings.compile_backend,
         capacity=settings.capacity,
         node_budget=max(settings.draft_tokens, settings.lookup_tokens),
         options=settings.compile_options,
     )
-    target.generate(input_ids=prompt.input_ids, attention_mask=torch.ones_like(prompt.input_ids), max_new_tokens=2,
-                    do_sample=False, custom_generate=hfspec.generate, assistant_strategy=plan)
-    return plan
+
+
+def lookup_strategy(settings: BenchSettings, num_branches: int = 1) -> Any:
+    return hfspec.PromptLookup(
+        num_tokens=settings.lookup_tokens,
+        max_ngram=settings.lookup_max_ngram,
+        min_ngram=settings.lookup_min_ngram,
+        num_branches=num_branches,
+    )
 
 
 def chat_prompt(tokenizer: Any, spec: dict[str, Any]) -> Prompt:
@@ -346,24 +359,16 @@ def build_strategies(settings: BenchSettings, workload: Workload) -> dict[str, A
     compile on their first (warm-up) call."""
     strategies = _eager_strategies(settings, workload)
     if any(c in settings.configs for c in HFSPEC_COMPILED):
-        kwargs = dict(backend=settings.compile_backend, capacity=settings.capacity, options=settings.compile_options)
-        budget = max(settings.draft_tokens, settings.lookup_tokens)
         uses_draft = any(c in settings.configs for c in ("hfspec_draft_compiled", "hfspec_draft_tree_compiled"))
         if workload.plan is not None:  # target graph compiled before the draft was loaded
             plan = workload.plan.sharing(strategies["hfspec_draft"]) if uses_draft else workload.plan
         else:
             base = strategies["hfspec_draft"] if uses_draft else strategies["hfspec_lookup"]
-            plan = hfspec.compile(workload.target, base, node_budget=budget, **kwargs)
-        tree_lookup = hfspec.PromptLookup(
-            num_tokens=settings.lookup_tokens,
-            max_ngram=settings.lookup_max_ngram,
-            min_ngram=settings.lookup_min_ngram,
-            num_branches=LOOKUP_BRANCHES,
-        )
+            plan = compile_plan(settings, workload.target, base)
         if uses_draft:
             strategies["hfspec_draft_compiled"] = plan
         strategies["hfspec_lookup_compiled"] = plan.sharing(strategies["hfspec_lookup"])
-        strategies["hfspec_lookup_tree_compiled"] = plan.sharing(tree_lookup)
+        strategies["hfspec_lookup_tree_compiled"] = plan.sharing(lookup_strategy(settings, LOOKUP_BRANCHES))
         if uses_draft:
             tree_draft = hfspec.DraftModel(workload.draft, num_tokens=settings.draft_tokens, tree=TREE_SPEC)
             strategies["hfspec_draft_tree_compiled"] = plan.sharing(tree_draft)
@@ -371,13 +376,7 @@ def build_strategies(settings: BenchSettings, workload: Workload) -> dict[str, A
 
 
 def _eager_strategies(settings: BenchSettings, workload: Workload) -> dict[str, Any]:
-    strategies: dict[str, Any] = {
-        "hfspec_lookup": hfspec.PromptLookup(
-            num_tokens=settings.lookup_tokens,
-            max_ngram=settings.lookup_max_ngram,
-            min_ngram=settings.lookup_min_ngram,
-        ),
-    }
+    strategies: dict[str, Any] = {"hfspec_lookup": lookup_strategy(settings)}
     if workload.draft is not None:
         strategies["hfspec_draft"] = hfspec.DraftModel(
             workload.draft,
