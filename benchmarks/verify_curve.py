@@ -62,6 +62,8 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--options", default="autotune", choices=["autotune", "freezing", "default"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="weights' dtype (the draft's is free: only q changes, and acceptance uses q)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -69,7 +71,8 @@ def main() -> int:
     options = {"autotune": CPU_INDUCTOR_OPTIONS, "freezing": {"freezing": True}, "default": {}}[args.options]
     load_start = os.getloadavg()
     t0 = time.perf_counter()
-    model = models.load_model(models.TARGET if args.which == "target" else models.DRAFT, progress=False).eval()
+    dtype = getattr(torch, args.dtype)
+    model = models.load_model(models.TARGET if args.which == "target" else models.DRAFT, dtype=dtype, progress=False)
     print(f"loaded {args.which} in {time.perf_counter() - t0:.0f}s", flush=True)
     tokens = torch.randint(100, 20000, (1, args.prefix + max(qs)), generator=torch.Generator().manual_seed(0))
     eager = ModelRunner(model, DynamicStore(1))
@@ -124,6 +127,7 @@ def main() -> int:
         "prefix": args.prefix,
         "reps": args.reps,
         "options": {k: v for k, v in options.items()},
+        "dtype": args.dtype,
         "threads": args.threads,
         "versions": {"hfspec": hfspec.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
                      "python": platform.python_version()},
@@ -162,7 +166,7 @@ def render(result: dict) -> str:
     lines = [
         f"Command: `{result['command']}`  ",
         f"Load average {result['load_average']}; "
-        f"prefix {result['prefix']} cached tokens; medians of {result['reps']}; inductor options {result['options']}",
+        f"prefix {result['prefix']} cached tokens; medians of {result['reps']}; inductor options {result['options']}; dtype {result.get('dtype', 'float32')}",
         "",
         "| q | eager ms | compiled ms | eager/compiled | t(q)/t(1) eager | t(q)/t(1) compiled | compiled t(q) / eager t(1) | compile s | max abs dlogit | argmax equal |",
         "|---|---|---|---|---|---|---|---|---|---|",

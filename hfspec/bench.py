@@ -114,6 +114,7 @@ class BenchSettings:
     draft_tokens: int = 7  # hfspec DraftModel(num_tokens) and HF num_assistant_tokens
     draft_do_sample: bool | None = None  # DraftModel(do_sample=...); None follows the call
     confidence_threshold: float = 0.0  # DraftModel(confidence_threshold=...)
+    draft_vocab: int | None = None  # DraftModel(draft_vocab=...): a pruned draft head (every hfspec draft config)
     lookup_tokens: int = 7  # hfspec PromptLookup(num_tokens) and HF prompt_lookup_num_tokens
     lookup_max_ngram: int = 3
     lookup_min_ngram: int = 2
@@ -370,7 +371,9 @@ def build_strategies(settings: BenchSettings, workload: Workload) -> dict[str, A
         strategies["hfspec_lookup_compiled"] = plan.sharing(strategies["hfspec_lookup"])
         strategies["hfspec_lookup_tree_compiled"] = plan.sharing(lookup_strategy(settings, LOOKUP_BRANCHES))
         if uses_draft:
-            tree_draft = hfspec.DraftModel(workload.draft, num_tokens=settings.draft_tokens, tree=TREE_SPEC)
+            tree_draft = hfspec.DraftModel(
+                workload.draft, num_tokens=settings.draft_tokens, tree=TREE_SPEC, draft_vocab=settings.draft_vocab
+            )
             strategies["hfspec_draft_tree_compiled"] = plan.sharing(tree_draft)
     return strategies
 
@@ -383,6 +386,7 @@ def _eager_strategies(settings: BenchSettings, workload: Workload) -> dict[str, 
             num_tokens=settings.draft_tokens,
             do_sample=settings.draft_do_sample,
             confidence_threshold=settings.confidence_threshold,
+            draft_vocab=settings.draft_vocab,
         )
     return strategies
 
@@ -776,6 +780,7 @@ def strategy_settings(settings: BenchSettings, workload: Workload) -> dict[str, 
             "num_tokens": settings.draft_tokens,
             "do_sample": settings.draft_do_sample,
             "confidence_threshold": settings.confidence_threshold,
+            "draft_vocab": settings.draft_vocab,
         },
         "hfspec_lookup": {
             "class": "PromptLookup",

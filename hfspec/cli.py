@@ -218,6 +218,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         help="DraftModel(do_sample): auto follows the call (default)",
     )
     p.add_argument(
+        "--draft-vocab",
+        type=positive_int,
+        default=None,
+        help="DraftModel(draft_vocab=N): draft from the first N token ids only (pruned draft head; default: full head)",
+    )
+    p.add_argument(
         "--lookup-tokens",
         type=positive_int,
         default=7,
@@ -282,6 +288,7 @@ def settings_from_args(args: argparse.Namespace) -> bench.BenchSettings:
         draft_tokens=args.draft_tokens,
         draft_do_sample=args.draft_do_sample,
         confidence_threshold=args.confidence_threshold,
+        draft_vocab=args.draft_vocab,
         lookup_tokens=args.lookup_tokens,
         lookup_max_ngram=args.lookup_max_ngram,
         lookup_min_ngram=args.lookup_min_ngram,

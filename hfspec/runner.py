@@ -10,7 +10,7 @@ import torch
 from transformers import PreTrainedModel
 
 from hfspec.kv import DynamicStore, KVStore
-from hfspec.masks import layer_windows, model_masks
+from hfspec.masks import grouped_query_sdpa, layer_windows, model_masks
 from hfspec.step import VerifyBatch
 
 
@@ -19,9 +19,10 @@ class ModelRunner:
 
     node_budget: int | None = None  # eager verify takes the proposal's own width
 
-    def __init__(self, model: PreTrainedModel, store: KVStore) -> None:
+    def __init__(self, model: PreTrainedModel, store: KVStore, head: torch.nn.Module | None = None) -> None:
         self.model = model
         self.store = store
+        self.head = head  # None: the model's own head; else hidden (B, Q, H) -> logits (B, Q, V), e.g. PrunedHead
         self.windows = layer_windows(model)
         self.forwards = 0
 
@@ -40,15 +41,17 @@ class ModelRunner:
         return self._call(tokens, positions, mask, keep)
 
     def _call(self, tokens, positions, mask, keep: int) -> torch.Tensor:
-        out = self.model(
-            input_ids=tokens,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=self.store.cache,
-            use_cache=True,
-            logits_to_keep=keep,
+        with grouped_query_sdpa():
+            return self._forward(tokens, positions, mask, keep)
+
+    def _forward(self, tokens, positions, mask, keep: int) -> torch.Tensor:
+        """The model (or its base model and ``head``) over the store: logits (B, keep, V)."""
+        inputs = dict(
+            input_ids=tokens, attention_mask=mask, position_ids=positions, past_key_values=self.store.cache, use_cache=True
         )
-        return out.logits[:, -keep:]
+        if self.head is None:
+            return self.model(**inputs, logits_to_keep=keep).logits[:, -keep:]
+        return self.head(self.model.base_model(**inputs).last_hidden_state[:, -keep:])
 
     def verify(self, batch: VerifyBatch) -> torch.Tensor:
         """Logits (B, Q - root, V) for the root and every node."""
@@ -62,5 +65,5 @@ class ModelRunner:
         return self.run(tokens, positions, valid, causal.expand(tokens.shape[0], q, q), keep)
 
 
-def eager_runner(model: PreTrainedModel, batch: int) -> ModelRunner:
-    return ModelRunner(model, DynamicStore(batch, device=model.device))
+def eager_runner(model: PreTrainedModel, batch: int, head: torch.nn.Module | None = None) -> ModelRunner:
+    return ModelRunner(model, DynamicStore(batch, device=model.device), head)

@@ -26,6 +26,7 @@ from hfspec.testing import tiny_model
 ALPHA = 1e-3
 VOCAB, NEW_TOKENS, ROWS, ROUNDS = 6, 3, 6000, 3
 PROMPT = [1, 2, 3, 1, 2]
+PRUNED = [0, 2, 3, 5]  # draft_vocab of the pruned-head case
 SAMPLING = dict(do_sample=True, temperature=0.7, top_k=4, top_p=1.0, repetition_penalty=1.3)
 
 
@@ -100,6 +101,8 @@ def test_plain_hf_sampling_matches_exact(pair, exact):
         pytest.param(lambda t, d: hfspec.DraftModel(d, num_tokens=3), id="draft_sampled_q"),
         pytest.param(lambda t, d: hfspec.DraftModel(d, num_tokens=2, do_sample=False), id="draft_greedy_onehot"),
         pytest.param(lambda t, d: hfspec.PromptLookup(num_tokens=3, max_ngram=2), id="prompt_lookup"),
+        # a pruned draft head: q is 0 outside the subset, so the residual carries those tokens' mass
+        pytest.param(lambda t, d: hfspec.DraftModel(d, num_tokens=3, draft_vocab=PRUNED), id="draft_pruned"),
     ],
 )
 def test_speculative_sampling_matches_exact(pair, exact, make):
@@ -156,6 +159,12 @@ class _QBeforeTemperature:
 def test_planted_bug_residual_ignored_is_rejected(pair, exact, monkeypatch):
     monkeypatch.setattr(acceptance, "speculative_accept", _accept_resample_from_p)
     counts = sample_counts(pair[0], hfspec.DraftModel(pair[1], num_tokens=3))
+    assert chi_square_pvalue(counts, exact) < ALPHA
+
+
+def test_planted_bug_residual_ignored_with_a_pruned_draft_is_rejected(pair, exact, monkeypatch):
+    monkeypatch.setattr(acceptance, "speculative_accept", _accept_resample_from_p)
+    counts = sample_counts(pair[0], hfspec.DraftModel(pair[1], num_tokens=3, draft_vocab=PRUNED))
     assert chi_square_pvalue(counts, exact) < ALPHA
 
 

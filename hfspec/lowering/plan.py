@@ -24,7 +24,7 @@ from transformers import GenerationConfig, PreTrainedModel
 
 from hfspec.exceptions import ConfigurationError
 from hfspec.kv import StaticStore
-from hfspec.masks import check_attention
+from hfspec.masks import check_attention, grouped_query_sdpa
 from hfspec.proposers.base import NoDrafts, ProposerSession, SessionContext, Strategy
 from hfspec.runner import ModelRunner
 from hfspec.step import VerifyBatch
@@ -56,11 +56,28 @@ def _standard(t: torch.Tensor) -> torch.Tensor:
     return t.clone(memory_format=torch.contiguous_format)
 
 
+def _dynamic_keys(mask: torch.Tensor) -> torch.Tensor:
+    """Mark the key dimension dynamic before the first trace, so the graph is built for any view length."""
+    torch._dynamo.mark_dynamic(mask, mask.dim() - 1)
+    return mask
+
+
+def _key_width(mask) -> int:
+    return (next(iter(mask.values())) if isinstance(mask, dict) else mask).shape[-1]
+
+
 class GraphRunner(ModelRunner):
     """A ``ModelRunner`` over a static store whose ``width``-token forwards run one compiled graph."""
 
-    def __init__(self, model: PreTrainedModel, store: StaticStore, width: int, compiler: Callable | None) -> None:
-        super().__init__(model, store)
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        store: StaticStore,
+        width: int,
+        compiler: Callable | None,
+        head: torch.nn.Module | None = None,
+    ) -> None:
+        super().__init__(model, store, head)
         self.width = width
         self.compiles = 0  # graphs the backend built (steady state: 1)
         self.compile_seconds = 0.0  # wall time of the first (compiling) call
@@ -78,22 +95,29 @@ class GraphRunner(ModelRunner):
         return inductor_config.patch(self.inductor_options)
 
     def _fixed(self, tokens, positions, mask):
-        out = self.model(
-            input_ids=tokens, attention_mask=mask, position_ids=positions, past_key_values=self.store.cache, use_cache=True
-        )
-        return out.logits
+        # the KV view length is the mask's (dynamic) last dimension: one graph for every length
+        self.store.view = _key_width(mask)
+        return self._forward(tokens, positions, mask, tokens.shape[1])
 
     def _call(self, tokens, positions, mask, keep: int) -> torch.Tensor:
-        # eager: other widths (prefill), catch-up parts, and the call that allocates the buffers
-        if self.graph is None or tokens.shape[1] != self.width or self._eager or not self.store.allocated:
+        # eager: other widths (prefill), catch-up parts, the call that allocates the buffers, and
+        # views of one slot (dynamo specializes sizes 0 and 1: they would cost a second graph)
+        if (
+            self.graph is None
+            or tokens.shape[1] != self.width
+            or self._eager
+            or not self.store.allocated
+            or self.store.view < 2
+        ):
             return super()._call(tokens, positions, mask, keep)
         start = time.perf_counter()
         # standard strides: dynamo guards on exact strides (even of size-1 dims), a slice would recompile
         if isinstance(mask, dict):
-            mask = {kind: _standard(m) for kind, m in mask.items()}
+            mask = {kind: _dynamic_keys(_standard(m)) for kind, m in mask.items()}
         else:
-            mask = _standard(mask)
-        with self.config_patch():  # dynamo traces inside the call: freezing must be on while it does
+            mask = _dynamic_keys(_standard(mask))
+        # dynamo traces inside the call: freezing (and the GQA switch) must be on while it does
+        with self.config_patch(), grouped_query_sdpa():
             logits = self.graph(_standard(tokens), _standard(positions), mask)
         if self.graph_calls == 0:
             self.compile_seconds = time.perf_counter() - start
@@ -166,6 +190,7 @@ class _ExplicitCacheVerify(torch.nn.Module):
 
     def forward(self, tokens, positions, mask, slots, keys: list[torch.Tensor], values: list[torch.Tensor]):
         self.store.slots = slots
+        self.store.view = mask.shape[-1]
         for layer, k, v in zip(self.store.cache.layers, keys, values, strict=True):
             layer.keys, layer.values, layer.is_initialized = k, v, True
         out = self.model(
@@ -178,8 +203,9 @@ def export_verify(plan: CompiledPlan) -> torch.export.ExportedProgram:
     """``torch.export`` the plan's fixed-shape verify step (the artifact Torch-TensorRT consumes).
 
     Inputs: tokens (B, W) long, positions (B, W) long, mask (B, 1, W, capacity) in the model's
-    mask format, slots (W,) long write positions, keys/values: one (B, H_kv, capacity, D) buffer
-    per layer, written in place at ``slots``. W = node budget + 1. The plan's target store must
+    mask format, slots (W,) long write positions, keys/values: one (B, H_kv, capacity + 1, D) buffer
+    per layer (capacity + 1 slots: one spare), written in place at ``slots``; attention reads the
+    first ``capacity`` (the mask's width). W = node budget + 1. The plan's target store must
     have run once (its buffers give the shapes).
     """
     store = plan.target.store
@@ -201,13 +227,18 @@ def export_verify(plan: CompiledPlan) -> torch.export.ExportedProgram:
     return torch.export.export(module, (tokens, positions, mask, slots, keys, values))
 
 
-def _draft_model_of(strategy: Strategy) -> PreTrainedModel | None:
+def _draft_of(strategy: Strategy) -> tuple[PreTrainedModel, torch.nn.Module | None] | None:
+    """(draft model, its pruned head or None) of a strategy that drafts with a model, else None."""
     from hfspec.proposers.draft_model import DraftModel
     from hfspec.proposers.jump_forward import JumpForward
 
     if isinstance(strategy, JumpForward):
-        return _draft_model_of(strategy.inner) if strategy.inner is not None else None
-    return strategy.draft_model if isinstance(strategy, DraftModel) else None
+        return _draft_of(strategy.inner) if strategy.inner is not None else None
+    return (strategy.draft_model, strategy.head) if isinstance(strategy, DraftModel) else None
+
+
+def _same_draft(a, b) -> bool:
+    return a is None and b is None or a is not None and b is not None and a[0] is b[0] and a[1] is b[1]
 
 
 def _default_budget(strategy: Strategy) -> int:
@@ -247,14 +278,14 @@ class CompiledPlan:
         )
         self.target.node_budget = node_budget
         self._draft_options = draft_options if draft_options is not None else options
-        draft = _draft_model_of(strategy)
-        self.draft = self._draft_runner(draft) if draft is not None else None
+        draft = _draft_of(strategy)
+        self.draft = self._draft_runner(*draft) if draft is not None else None
 
-    def _draft_runner(self, draft: PreTrainedModel) -> GraphRunner:
+    def _draft_runner(self, draft: PreTrainedModel, head: torch.nn.Module | None) -> GraphRunner:
         check_attention(draft)
         # the draft reads every verified slot: its store holds the target's layout plus its own drafts
         store = StaticStore(_num_layers(draft), self.batch_size, self.capacity + self.node_budget + 1, draft.device)
-        return GraphRunner(draft, store, 1, _compiler(self.backend, self._draft_options))
+        return GraphRunner(draft, store, 1, _compiler(self.backend, self._draft_options), head)
 
     def sharing(self, strategy: Strategy) -> CompiledPlan:
         """A plan for another proposer over the SAME graphs and caches (no new compile, no second
@@ -263,12 +294,12 @@ class CompiledPlan:
         other = object.__new__(CompiledPlan)
         other.__dict__.update(self.__dict__)
         other.strategy = strategy
-        draft = _draft_model_of(strategy)
-        if draft is not _draft_model_of(self.strategy):
+        draft = _draft_of(strategy)
+        if not _same_draft(draft, _draft_of(self.strategy)):
             # another (or a first) draft: its own one-token graph, compiled on first use; the
             # target graph is still shared (compile the target before loading a draft to keep the
             # memory peak of freezing a large target low)
-            other.draft = self._draft_runner(draft) if draft is not None else None
+            other.draft = self._draft_runner(*draft) if draft is not None else None
         return other
 
     def __repr__(self) -> str:

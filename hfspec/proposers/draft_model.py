@@ -8,6 +8,8 @@ With ``tree=TreeSpec(...)`` a step proposes a token tree instead (hfspec.propose
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from transformers import GenerationConfig, PreTrainedModel
 
@@ -15,6 +17,7 @@ from hfspec.engine_utils import fit_width, lm_head_width, position_ids
 from hfspec.exceptions import ConfigurationError, IncompatibleDraftError
 from hfspec.masks import check_attention
 from hfspec.proposers.base import Proposal, SessionContext, StepView
+from hfspec.proposers.pruned_head import pruned_head
 from hfspec.proposers.tree_draft import TreeDraftSession, TreeSpec
 from hfspec.runner import eager_runner
 from hfspec.step import StepResult
@@ -47,6 +50,12 @@ class DraftModel:
             the engine's SpecInfer walk judges the spine with q and the rest one-hot, which is
             exact. Not combinable with ``grammar=`` yet (refused at start).
             None (default): one chain of drafts per step.
+        draft_vocab: draft from a subset of the vocabulary only (FR-Spec): an int N keeps the first
+            N token ids (byte-level BPE vocabularies number tokens by merge order, which follows
+            frequency), a sequence keeps those ids; EOS ids are always kept. The draft's LM head
+            then reads N rows instead of all of them (hfspec.proposers.pruned_head: on the Qwen2.5
+            0.5B the full head is 545 MB of a 2 GB step). Exact for any subset: q is the subset's
+            renormalised distribution. None (default): the full head.
     """
 
     def __init__(
@@ -57,6 +66,7 @@ class DraftModel:
         do_sample: bool | None = None,
         confidence_threshold: float = 0.0,
         tree: TreeSpec | None = None,
+        draft_vocab: int | Sequence[int] | None = None,
     ) -> None:
         if not isinstance(draft_model, PreTrainedModel):
             raise ConfigurationError(
@@ -76,10 +86,13 @@ class DraftModel:
         self.do_sample = do_sample
         self.confidence_threshold = confidence_threshold
         self.tree = tree
+        self.draft_vocab = draft_vocab
+        self.head = pruned_head(draft_model, draft_vocab) if draft_vocab is not None else None
 
     def __repr__(self) -> str:
         tree = f", tree={self.tree!r}" if self.tree is not None else ""
-        return f"DraftModel({type(self.draft_model).__name__}, num_tokens={self.num_tokens}{tree})"
+        vocab = f", draft_vocab={self.head.num_tokens}" if self.head is not None else ""
+        return f"DraftModel({type(self.draft_model).__name__}, num_tokens={self.num_tokens}{tree}{vocab})"
 
     def validate(self, target: PreTrainedModel, generation_config: GenerationConfig) -> None:
         if self.draft_model.config.is_encoder_decoder:
@@ -108,7 +121,7 @@ class DraftModel:
                 "supported yet (grammar masks are walked along chains). Drop tree= to draft chains with grammar=, "
                 "or drop grammar=."
             )
-        runner = ctx.draft_runner if ctx.draft_runner is not None else eager_runner(self.draft_model, ctx.batch_size)
+        runner = ctx.draft_runner if ctx.draft_runner is not None else eager_runner(self.draft_model, ctx.batch_size, self.head)
         sample = ctx.do_sample if self.do_sample is None else self.do_sample
         return TreeDraftSession(
             self.draft_model, self.num_tokens, self.tree, self.confidence_threshold, sample, ctx, runner
@@ -126,7 +139,9 @@ class _DraftSession:
         self.sample = ctx.do_sample if strategy.do_sample is None else strategy.do_sample
         self.threshold = strategy.confidence_threshold
         self.ctx = ctx
-        self.runner = ctx.draft_runner if ctx.draft_runner is not None else eager_runner(self.model, ctx.batch_size)
+        self.runner = (
+            ctx.draft_runner if ctx.draft_runner is not None else eager_runner(self.model, ctx.batch_size, strategy.head)
+        )
 
     def propose(self, view: StepView) -> Proposal:
         batch = view.pending.shape[0]
