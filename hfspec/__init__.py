@@ -20,7 +20,7 @@ from hfspec.exceptions import (
 from hfspec.grammar import EBNF, JSON, GrammarLogitsProcessor, JSONSchema, Lark, Regex, StructuralTag
 from hfspec.grammar.call import GrammarDecoderOnlyOutput, IncompleteOutputWarning
 from hfspec.lowering import CompiledPlan, compile
-from hfspec.proposers import DraftModel, JumpForward, PromptLookup
+from hfspec.proposers import DraftModel, JumpForward, LookupOrDraft, PromptLookup
 from hfspec.proposers.tree_draft import TreeSpec
 
 __version__ = "0.1.0"
@@ -41,6 +41,7 @@ __all__ = [
     "IncompleteOutputWarning",
     "JSONSchema",
     "JumpForward",
+    "LookupOrDraft",
     "Lark",
     "ModelPackageError",
     "PromptLookup",

@@ -56,6 +56,7 @@ CONFIGS = (
     "hfspec_lookup_compiled",
     "hfspec_draft_tree_compiled",
     "hfspec_lookup_tree_compiled",
+    "hfspec_lookup_or_draft_compiled",
 )
 DEFAULT_CONFIGS = ("hf_plain", "hf_assisted", "hf_prompt_lookup", "hfspec_draft", "hfspec_lookup")
 # HF's built-ins a user could pick instead: its speculative methods and its static-cache + torch.compile decoding
@@ -66,9 +67,16 @@ HFSPEC_COMPILED = (
     "hfspec_lookup_compiled",
     "hfspec_draft_tree_compiled",
     "hfspec_lookup_tree_compiled",
+    "hfspec_lookup_or_draft_compiled",
 )
 HFSPEC_CONFIGS = ("hfspec_draft", "hfspec_lookup", *HFSPEC_COMPILED)
-DRAFT_CONFIGS = ("hf_assisted", "hfspec_draft", "hfspec_draft_compiled", "hfspec_draft_tree_compiled")
+DRAFT_CONFIGS = (
+    "hf_assisted",
+    "hfspec_draft",
+    "hfspec_draft_compiled",
+    "hfspec_draft_tree_compiled",
+    "hfspec_lookup_or_draft_compiled",
+)
 TREE_SPEC = hfspec.TreeSpec(top_k=2, depth=4)  # hfspec_draft_tree_*: num_tokens nodes, 4 draft forwards
 LOOKUP_BRANCHES = 3  # hfspec_lookup_tree_*
 # The best inductor options HF's CompileConfig accepts: freezing crashes there (its static cache is a
@@ -122,6 +130,7 @@ class BenchSettings:
     compile_backend: str = "inductor"  # hfspec_*_compiled: hfspec.compile(backend=...)
     compile_options: dict[str, Any] | None = None  # None: hfspec's CPU default (freezing + max-autotune CPP)
     capacity: int = 1024  # hfspec_*_compiled: static KV capacity
+    split_prefill: bool = False  # also time a 1-token call per (prompt, config): decode time = wall - that
 
 
 @dataclass
@@ -165,6 +174,7 @@ class RunRecord:
     spec: dict[str, Any] | None = None  # hfspec SpecStats for hfspec_* configs
     identical: bool | None = None  # greedy only: equal to hf_plain's output on the prompt
     first_mismatch: int | None = None  # index of the first differing new token, if any
+    first_token_s: float | None = None  # split_prefill: median wall time of a 1-token call, same prompt and config
 
 
 def default_prompts_file() -> pathlib.Path:
@@ -360,7 +370,7 @@ def build_strategies(settings: BenchSettings, workload: Workload) -> dict[str, A
     compile on their first (warm-up) call."""
     strategies = _eager_strategies(settings, workload)
     if any(c in settings.configs for c in HFSPEC_COMPILED):
-        uses_draft = any(c in settings.configs for c in ("hfspec_draft_compiled", "hfspec_draft_tree_compiled"))
+        uses_draft = any(c in settings.configs for c in DRAFT_CONFIGS if c in HFSPEC_COMPILED)
         if workload.plan is not None:  # target graph compiled before the draft was loaded
             plan = workload.plan.sharing(strategies["hfspec_draft"]) if uses_draft else workload.plan
         else:
@@ -375,6 +385,8 @@ def build_strategies(settings: BenchSettings, workload: Workload) -> dict[str, A
                 workload.draft, num_tokens=settings.draft_tokens, tree=TREE_SPEC, draft_vocab=settings.draft_vocab
             )
             strategies["hfspec_draft_tree_compiled"] = plan.sharing(tree_draft)
+            hybrid = hfspec.LookupOrDraft(strategies["hfspec_lookup"], strategies["hfspec_draft"])
+            strategies["hfspec_lookup_or_draft_compiled"] = plan.sharing(hybrid)
     return strategies
 
 
@@ -601,8 +613,27 @@ def benchmark(
                 )
             )
             tick(f"{mode} {prompt.name} {config} #{repeat}")
+        if settings.split_prefill:
+            first = first_token_times(runner, settings, workload, tick)
+            for run in runs:
+                run.first_token_s = first.get((run.prompt, run.config))
     mark_identity(runs)
     return warmups, runs
+
+
+def first_token_times(runner: Runner, settings: BenchSettings, workload: Workload, tick) -> dict[tuple[str, str], float]:
+    """Median wall time of a greedy 1-token call per (prompt, config), configs alternating: the
+    prefill (and, for speculation, whatever it costs before the first token). HF's compiled
+    configs are skipped: their static cache is sized by max_new_tokens, so a 1-token call compiles anew."""
+    configs = [c for c in settings.configs if c not in HF_COMPILED]
+    times: dict[tuple[str, str], list[float]] = {}
+    for repeat in range(settings.repeats):
+        for index, prompt in enumerate(workload.prompts):
+            for config in rotated(configs, repeat + index):
+                run = runner.run(prompt, config, "greedy", repeat=repeat, seed=settings.seed, max_new_tokens=1)
+                times.setdefault((prompt.name, config), []).append(run.wall_s)
+                tick(f"first token {prompt.name} {config} #{repeat}")
+    return {key: statistics.median(values) for key, values in times.items()}
 
 
 def mark_identity(runs: list[RunRecord]) -> None:
@@ -647,6 +678,16 @@ def summarize(runs: Sequence[RunRecord]) -> list[dict[str, Any]]:
         ]
         row["speedup_vs_plain"] = _ratio(row["tokens_per_s"], plain["tokens_per_s"] if plain else None)
         row["speedup_vs_best_hf"] = _ratio(row["tokens_per_s"], max(hf_best) if hf_best else None)
+        hf_decode = [
+            by_key[k]["decode_tokens_per_s"]
+            for c in HF_SPECULATIVE
+            if (k := (row["mode"], row["prompt"], c)) in by_key and by_key[k]["decode_tokens_per_s"] is not None
+        ]
+        plain_decode = plain["decode_tokens_per_s"] if plain else None
+        row["decode_speedup_vs_plain"] = _ratio(row["decode_tokens_per_s"], plain_decode) if row["decode_tokens_per_s"] else None
+        row["decode_speedup_vs_best_hf"] = (
+            _ratio(row["decode_tokens_per_s"], max(hf_decode)) if row["decode_tokens_per_s"] and hf_decode else None
+        )
     return rows
 
 
@@ -667,10 +708,21 @@ def _summary_row(key: tuple[str, str, str], group: Sequence[RunRecord]) -> dict[
         "wall_s": statistics.median(r.wall_s for r in group),
         "new_tokens": statistics.median(r.new_tokens for r in group),
         "tau": statistics.median(r.tau for r in group),
+        "decode_tokens_per_s": _decode_rate(group),
         "spec_tokens_per_step": statistics.median(s["tokens_per_step"] for s in specs) if specs else None,
         "acceptance_rate": statistics.median(s["acceptance_rate"] for s in specs) if specs else None,
         "identical": all(identical) if identical else None,
     }
+
+
+def _decode_rate(group: Sequence[RunRecord]) -> float | None:
+    """Median tokens/s after the first token: (new - 1) / (wall - the 1-token call's wall)."""
+    rates = [
+        (r.new_tokens - 1) / (r.wall_s - r.first_token_s)
+        for r in group
+        if r.first_token_s is not None and r.new_tokens > 1 and r.wall_s > r.first_token_s
+    ]
+    return statistics.median(rates) if rates else None
 
 
 def _ratio(value: float, reference: float | None) -> float | None:
@@ -695,6 +747,8 @@ def geomean_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "tau": geomean(r["tau"] for r in group),
                 "speedup_vs_plain": geomean(r["speedup_vs_plain"] for r in group),
                 "speedup_vs_best_hf": geomean(r["speedup_vs_best_hf"] for r in group),
+                "decode_speedup_vs_plain": geomean(r.get("decode_speedup_vs_plain") for r in group),
+                "decode_speedup_vs_best_hf": geomean(r.get("decode_speedup_vs_best_hf") for r in group),
                 "identical": all(identical) if identical else None,
             }
         )
@@ -798,6 +852,8 @@ def strategy_settings(settings: BenchSettings, workload: Workload) -> dict[str, 
                     "hfspec_lookup_compiled": "as hfspec_lookup",
                     "hfspec_draft_tree_compiled": f"DraftModel(num_tokens={settings.draft_tokens}, tree={TREE_SPEC})",
                     "hfspec_lookup_tree_compiled": f"as hfspec_lookup, num_branches={LOOKUP_BRANCHES}",
+                    "hfspec_lookup_or_draft_compiled": "LookupOrDraft(hfspec_lookup, hfspec_draft) "
+                    "(min_tokens=3, min_agreement=0.75)",
                 }[config],
             }
             for config in HFSPEC_COMPILED
@@ -914,6 +970,8 @@ def section_key(results_path: str | os.PathLike, markdown_path: str | os.PathLik
 def render_section(results: dict[str, Any], key: str) -> str:
     """One markdown section: command, machine, settings, geomean table, per-prompt table."""
     s = results["settings"]
+    decode = any(g.get("decode_speedup_vs_plain") is not None for g in results["geomean"])
+    decode_headers = ["decode x hf_plain", "decode x best HF"] if decode else []
     lines = [
         _SECTION_BEGIN.format(key=key),
         f"## {results['name']}",
@@ -930,7 +988,7 @@ def render_section(results: dict[str, Any], key: str) -> str:
         "### Geometric mean over prompts",
         "",
         _markdown_table(
-            ["mode", "config", "tok/s", "tau", "x hf_plain", "x best HF spec", "greedy identical"],
+            ["mode", "config", "tok/s", "tau", "x hf_plain", "x best HF spec", *decode_headers, "greedy identical"],
             [
                 [
                     g["mode"],
@@ -939,10 +997,20 @@ def render_section(results: dict[str, Any], key: str) -> str:
                     _f(g["tau"]),
                     _x(g["speedup_vs_plain"]),
                     _x(g["speedup_vs_best_hf"]),
+                    *([_x(g.get("decode_speedup_vs_plain")), _x(g.get("decode_speedup_vs_best_hf"))] if decode else []),
                     _yn(g["identical"]),
                 ]
                 for g in results["geomean"]
             ],
+        ),
+        *(
+            [
+                "",
+                "Decode: tokens after the first / (wall time − the median wall time of a 1-token call of the same "
+                "config on the same prompt), which takes the prefill out of both sides.",
+            ]
+            if decode
+            else []
         ),
         "",
         f"### Per prompt (median of {s['repeats']} repetition(s))",
@@ -957,6 +1025,7 @@ def render_section(results: dict[str, Any], key: str) -> str:
                 "new tokens",
                 "x hf_plain",
                 "x best HF spec",
+                *(["decode tok/s", "decode x hf_plain"] if decode else []),
                 "accept",
                 "identical",
             ],
@@ -970,6 +1039,7 @@ def render_section(results: dict[str, Any], key: str) -> str:
                     _f(r["new_tokens"], 0),
                     _x(r["speedup_vs_plain"]),
                     _x(r["speedup_vs_best_hf"]),
+                    *([_f(r.get("decode_tokens_per_s")), _x(r.get("decode_speedup_vs_plain"))] if decode else []),
                     _f(r["acceptance_rate"]),
                     _yn(r["identical"]),
                 ]
@@ -1167,6 +1237,8 @@ def run_benchmark(
     workload = workload if workload is not None else load_workload(settings)
     total = len(settings.modes) * len(settings.configs) * (1 + settings.repeats * len(workload.prompts))
     total += sum(c in HF_COMPILED for c in settings.configs) * len(workload.prompts)
+    if settings.split_prefill:
+        total += settings.repeats * len(workload.prompts) * sum(c not in HF_COMPILED for c in settings.configs)
     load = {"start": load_average()}
     with tqdm(total=total, desc="hfspec bench", unit="run", disable=not settings.progress) as bar:
         warmups, runs = benchmark(settings, workload, progress=bar)

@@ -110,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(b)
     _add_run_args(b, repeats_per="(mode, prompt, config)", configs=bench.CONFIGS, default=bench.DEFAULT_CONFIGS)
     b.add_argument(
+        "--split-prefill",
+        action="store_true",
+        help="also time a 1-token call per prompt and config, and report decode rates without the prefill",
+    )
+    b.add_argument(
         "--modes", type=comma_list(bench.MODES), default=bench.MODES, help="greedy,sample (default both)"
     )
     b.add_argument(
@@ -293,6 +298,7 @@ def settings_from_args(args: argparse.Namespace) -> bench.BenchSettings:
         lookup_max_ngram=args.lookup_max_ngram,
         lookup_min_ngram=args.lookup_min_ngram,
         progress=not getattr(args, "no_progress", False),
+        split_prefill=getattr(args, "split_prefill", False),
     )
 
 

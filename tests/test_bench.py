@@ -365,3 +365,25 @@ def test_bench_batch_rejects_hf_speculative_configs(capsys):
     with pytest.raises(SystemExit):
         cli.main(["bench-batch", "--tiny", "--configs", "hf_assisted"])
     assert "choose from" in capsys.readouterr().err
+
+
+def test_split_prefill_reports_decode_rates(tmp_path):
+    """--split-prefill times a 1-token call per (prompt, config) and reports decode rates and speedups."""
+    out, markdown = tmp_path / "split.json", tmp_path / "BENCHMARKS.md"
+    threads = torch.get_num_threads()
+    try:
+        rc = _bench(out, markdown, "--modes", "greedy", "--prompts", "code", "--configs", "hf_plain,hfspec_lookup",
+                    "--split-prefill")
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    results = json.loads(out.read_text())
+    runs = results["runs"]
+    assert runs and all(r["first_token_s"] is not None and 0 < r["first_token_s"] < r["wall_s"] for r in runs)
+    first = {r["config"]: r["first_token_s"] for r in runs}  # one prompt, one repetition
+    for row in results["summary"]:
+        expected = (row["new_tokens"] - 1) / (row["wall_s"] - first[row["config"]])
+        assert row["decode_tokens_per_s"] == pytest.approx(expected)
+    plain = next(g for g in results["geomean"] if g["config"] == "hf_plain")
+    assert plain["decode_speedup_vs_plain"] == pytest.approx(1.0)
+    assert "decode x hf_plain" in markdown.read_text()

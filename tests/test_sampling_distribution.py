@@ -103,6 +103,12 @@ def test_plain_hf_sampling_matches_exact(pair, exact):
         pytest.param(lambda t, d: hfspec.PromptLookup(num_tokens=3, max_ngram=2), id="prompt_lookup"),
         # a pruned draft head: q is 0 outside the subset, so the residual carries those tokens' mass
         pytest.param(lambda t, d: hfspec.DraftModel(d, num_tokens=3, draft_vocab=PRUNED), id="draft_pruned"),
+        # steps switch between a deterministic lookup and a sampled draft
+        pytest.param(
+            lambda t, d: hfspec.LookupOrDraft(hfspec.PromptLookup(num_tokens=3, max_ngram=2), hfspec.DraftModel(d, num_tokens=3),
+                                              min_tokens=1, min_agreement=0.0),
+            id="lookup_or_draft",
+        ),
     ],
 )
 def test_speculative_sampling_matches_exact(pair, exact, make):

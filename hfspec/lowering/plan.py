@@ -231,9 +231,12 @@ def _draft_of(strategy: Strategy) -> tuple[PreTrainedModel, torch.nn.Module | No
     """(draft model, its pruned head or None) of a strategy that drafts with a model, else None."""
     from hfspec.proposers.draft_model import DraftModel
     from hfspec.proposers.jump_forward import JumpForward
+    from hfspec.proposers.lookup_or_draft import LookupOrDraft
 
     if isinstance(strategy, JumpForward):
         return _draft_of(strategy.inner) if strategy.inner is not None else None
+    if isinstance(strategy, LookupOrDraft):
+        return _draft_of(strategy.draft)
     return (strategy.draft_model, strategy.head) if isinstance(strategy, DraftModel) else None
 
 
