@@ -375,7 +375,7 @@ def compile(
 
     Args:
         model: the target (decoder-only, eager or sdpa attention).
-        strategy: DraftModel, PromptLookup, JumpForward(...) or None (plain decoding, compiled).
+        strategy: DraftModel, PromptLookup, LookupOrDraft, JumpForward(...) or None (plain decoding, compiled).
         backend: "inductor" (CPU/GPU), "cudagraphs" (CUDA), "tensorrt" (needs torch_tensorrt) or
             "eager" (same static caches and fixed shapes, no compilation: the baseline).
         batch_size, capacity: the static caches' shape; calls with another batch size, or that could
