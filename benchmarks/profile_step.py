@@ -30,8 +30,7 @@ def timed(runner, name: str, totals: dict) -> None:
     inner = runner._call
 
     def call(tokens, positions, mask, keep):
-        graph = runner.graph is not None and tokens.shape[1] == runner.width and not runner._eager
-        graph = graph and runner.store.allocated and runner.store.view >= 2
+        graph = runner.uses_graph(tokens.shape[1])
         start = time.perf_counter()
         out = inner(tokens, positions, mask, keep)
         kind = f"{name} {'graph' if graph else 'eager'} q={tokens.shape[1]}"

@@ -671,23 +671,14 @@ def summarize(runs: Sequence[RunRecord]) -> list[dict[str, Any]]:
     by_key = {(r["mode"], r["prompt"], r["config"]): r for r in rows}
     for row in rows:
         plain = by_key.get((row["mode"], row["prompt"], "hf_plain"))
-        hf_best = [
-            by_key[k]["tokens_per_s"]
-            for c in HF_SPECULATIVE
-            if (k := (row["mode"], row["prompt"], c)) in by_key
-        ]
-        row["speedup_vs_plain"] = _ratio(row["tokens_per_s"], plain["tokens_per_s"] if plain else None)
-        row["speedup_vs_best_hf"] = _ratio(row["tokens_per_s"], max(hf_best) if hf_best else None)
-        hf_decode = [
-            by_key[k]["decode_tokens_per_s"]
-            for c in HF_SPECULATIVE
-            if (k := (row["mode"], row["prompt"], c)) in by_key and by_key[k]["decode_tokens_per_s"] is not None
-        ]
-        plain_decode = plain["decode_tokens_per_s"] if plain else None
-        row["decode_speedup_vs_plain"] = _ratio(row["decode_tokens_per_s"], plain_decode) if row["decode_tokens_per_s"] else None
-        row["decode_speedup_vs_best_hf"] = (
-            _ratio(row["decode_tokens_per_s"], max(hf_decode)) if row["decode_tokens_per_s"] and hf_decode else None
-        )
+        for rate, prefix in (("tokens_per_s", ""), ("decode_tokens_per_s", "decode_")):
+            hf_best = [
+                by_key[k][rate]
+                for c in HF_SPECULATIVE
+                if (k := (row["mode"], row["prompt"], c)) in by_key and by_key[k][rate] is not None
+            ]
+            row[f"{prefix}speedup_vs_plain"] = _ratio(row[rate], plain[rate] if plain else None)
+            row[f"{prefix}speedup_vs_best_hf"] = _ratio(row[rate], max(hf_best) if hf_best else None)
     return rows
 
 
@@ -725,8 +716,8 @@ def _decode_rate(group: Sequence[RunRecord]) -> float | None:
     return statistics.median(rates) if rates else None
 
 
-def _ratio(value: float, reference: float | None) -> float | None:
-    return value / reference if reference else None
+def _ratio(value: float | None, reference: float | None) -> float | None:
+    return value / reference if value is not None and reference else None
 
 
 def geomean_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

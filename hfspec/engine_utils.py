@@ -30,19 +30,3 @@ def fit_width(logits: torch.Tensor, width: int) -> torch.Tensor:
     pad = logits.new_full((*logits.shape[:-1], width - have), float("-inf"))
     return torch.cat([logits, pad], dim=-1)
 
-
-def forward(model: PreTrainedModel, tokens, mask, positions, cache, keep: int) -> torch.Tensor:
-    """One cached forward returning the last ``keep`` positions' logits (B, keep, V).
-
-    Inputs are moved to the model's device, so a draft may live elsewhere than the target.
-    """
-    device = model.device
-    out = model(
-        input_ids=tokens.to(device),
-        attention_mask=mask.to(device),
-        position_ids=positions.to(device),
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=keep,
-    )
-    return out.logits[:, -keep:]

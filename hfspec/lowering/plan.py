@@ -99,16 +99,21 @@ class GraphRunner(ModelRunner):
         self.store.view = _key_width(mask)
         return self._forward(tokens, positions, mask, tokens.shape[1])
 
+    def uses_graph(self, width: int) -> bool:
+        """Whether the next forward of ``width`` tokens (its slots already written) runs the graph.
+
+        Eager instead: other widths (prefill), catch-up parts, the call that allocates the buffers,
+        and views of one slot (dynamo specializes sizes 0 and 1: they would cost a second graph)."""
+        return (
+            self.graph is not None
+            and width == self.width
+            and not self._eager
+            and self.store.allocated
+            and self.store.view >= 2
+        )
+
     def _call(self, tokens, positions, mask, keep: int) -> torch.Tensor:
-        # eager: other widths (prefill), catch-up parts, the call that allocates the buffers, and
-        # views of one slot (dynamo specializes sizes 0 and 1: they would cost a second graph)
-        if (
-            self.graph is None
-            or tokens.shape[1] != self.width
-            or self._eager
-            or not self.store.allocated
-            or self.store.view < 2
-        ):
+        if not self.uses_graph(tokens.shape[1]):
             return super()._call(tokens, positions, mask, keep)
         start = time.perf_counter()
         # standard strides: dynamo guards on exact strides (even of size-1 dims), a slice would recompile
@@ -241,7 +246,10 @@ def _draft_of(strategy: Strategy) -> tuple[PreTrainedModel, torch.nn.Module | No
 
 
 def _same_draft(a, b) -> bool:
-    return a is None and b is None or a is not None and b is not None and a[0] is b[0] and a[1] is b[1]
+    """Same draft model and same head object (``_draft_of`` results): then one draft graph serves both."""
+    if a is None or b is None:
+        return a is b
+    return a[0] is b[0] and a[1] is b[1]
 
 
 def _default_budget(strategy: Strategy) -> int:

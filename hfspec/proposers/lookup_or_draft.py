@@ -102,8 +102,7 @@ class _LookupOrDraftSession:
         shadow = self.lookup.propose(view)
         self.shadow = shadow
         drafting = view.max_drafts > 0
-        enough = bool((shadow.lengths[drafting] >= torch.minimum(view.max_drafts[drafting],
-                                                               torch.tensor(self.s.min_tokens))).all())
+        enough = bool((shadow.lengths[drafting] >= view.max_drafts[drafting].clamp_max(self.s.min_tokens)).all())
         if bool(drafting.any()) and enough and self.agreement >= self.s.min_agreement:
             self.steps["lookup"] += 1
             return shadow
@@ -112,8 +111,7 @@ class _LookupOrDraftSession:
 
     def on_commit(self, result: StepResult) -> None:
         if self.shadow is not None:
-            kept = result.kept.to(self.shadow.lengths.device)
-            seen = agreement(self.shadow.ids.cpu(), self.shadow.lengths.cpu(), result.emitted.cpu(), kept.cpu())
+            seen = agreement(self.shadow.ids.cpu(), self.shadow.lengths.cpu(), result.emitted.cpu(), result.kept.cpu())
             if seen == seen:  # not NaN
                 self.agreement = 0.5 * self.agreement + 0.5 * seen
         self.lookup.on_commit(result)
