@@ -21,6 +21,7 @@ from hfspec.exceptions import ConfigurationError, GrammarError, IncompleteOutput
 from hfspec.grammar.compile import compile_spec, resolve_tokenizer
 from hfspec.grammar.rows import GrammarRows
 from hfspec.grammar.specs import GrammarSpec
+from hfspec.stopping import stop_token_ids
 
 OnIncomplete = Literal["error", "flag"]
 
@@ -66,12 +67,7 @@ def prepare(
         )
     tokenizer = resolve_tokenizer(spec, call_tokenizer)
     compiled = compile_spec(spec, tokenizer, vocab_size)
-    eos = generation_config.eos_token_id
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    stops = [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None]
-    if isinstance(eos, torch.Tensor):
-        stops = [int(e) for e in eos.flatten().tolist()]
+    stops = stop_token_ids(generation_config.eos_token_id, tokenizer)
     rows = GrammarRows(compiled, batch_size, vocab_size, stops)
     return GrammarCall(spec, tokenizer, rows, on_incomplete, stops)
 

@@ -21,6 +21,7 @@ from transformers import LogitsProcessor
 from hfspec.exceptions import GrammarError
 from hfspec.grammar.compile import compile_spec, resolve_tokenizer
 from hfspec.grammar.specs import GrammarSpec
+from hfspec.stopping import stop_token_ids
 
 _SHIFTS = torch.arange(32, dtype=torch.int32)
 
@@ -110,7 +111,7 @@ class GrammarLogitsProcessor(LogitsProcessor):
         tokenizer: Any = None,
         *,
         vocab_size: int | None = None,
-        eos_token_id: int | list[int] | None = None,
+        eos_token_id: int | list[int] | torch.Tensor | None = None,
         max_states: int = 8,
     ) -> None:
         if not isinstance(grammar, GrammarSpec):
@@ -120,15 +121,12 @@ class GrammarLogitsProcessor(LogitsProcessor):
             )
         self.grammar = grammar
         self.tokenizer = resolve_tokenizer(grammar, tokenizer)
-        stops = eos_token_id if eos_token_id is not None else getattr(self.tokenizer, "eos_token_id", None)
-        if stops is None:
-            raise GrammarError(
-                "GrammarLogitsProcessor needs a stop token: the tokenizer has no eos_token_id; pass eos_token_id=."
-            )
-        self.stop_token_ids = [int(t) for t in (stops if isinstance(stops, (list, tuple)) else [stops])]
+        self.stop_token_ids = stop_token_ids(eos_token_id, self.tokenizer)
         if not self.stop_token_ids:
             raise GrammarError(
-                "GrammarLogitsProcessor needs at least one stop token id (eos_token_id=[] given)."
+                "GrammarLogitsProcessor needs a stop token: "
+                + ("the tokenizer has no eos_token_id; pass eos_token_id=." if eos_token_id is None
+                   else f"eos_token_id={eos_token_id!r} names none.")
             )
         pad = getattr(self.tokenizer, "pad_token_id", None)
         self.pad_token_id = None if pad is None else int(pad)
