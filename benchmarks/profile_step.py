@@ -22,7 +22,7 @@ import torch
 
 import hfspec
 from hfspec import models
-from hfspec.bench import chat_prompt, load_prompt_specs, stop_token_ids
+from hfspec.bench.speed import chat_prompt, load_prompt_specs, stop_token_ids
 
 
 def timed(runner, name: str, totals: dict) -> None:

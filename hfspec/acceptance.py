@@ -1,4 +1,4 @@
-"""Acceptance rules of speculative decoding as pure tensor functions (DESIGN.md §4).
+"""Acceptance rules of speculative decoding as pure tensor functions (docs/design.md, "Acceptance").
 
 Every function takes the *processed* distributions (after the same logits processors on
 target and draft) and returns ``(num_accepted, next_token)`` per row: the row keeps

@@ -10,7 +10,7 @@ tree the accepted nodes are gathered into consecutive slots, per row.
   sliding layers, which cannot roll back: the masks carry the window instead).
 - ``StaticStore``: fixed-capacity buffers written by index (``index_copy_``), rolled back by
   resetting the length, like gpt-fast's ``KVCache.update``. Compiled graphs take its buffers
-  as inputs, so frozen weights and a mutable cache coexist (DESIGN.md §8).
+  as inputs, so frozen weights and a mutable cache coexist (docs/lowering.md).
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ one-token forwards agree to ~1e-15 and greedy identity tests cannot flake on nea
 from __future__ import annotations
 
 import copy
+import importlib.resources
+import pathlib
 
 import torch
 from transformers import (
@@ -124,10 +126,21 @@ def perturbed_copy(model: PreTrainedModel, scale: float = 0.05, seed: int = 1) -
     return draft
 
 
-def load_tokenizer_dir(path) -> object:
-    """Load a tokenizer saved as ``tokenizer.json.gz`` + ``tokenizer_config.json`` (tests/data).
+def qwen_tokenizer_dir() -> pathlib.Path:
+    """The Qwen2.5-Coder tokenizer shipped with hfspec (package data): a real 151,936-wide vocabulary
+    for grammar tests and the conformance benchmark, without the model weights."""
+    return pathlib.Path(str(importlib.resources.files("hfspec") / "data" / "qwen2.5-coder-tokenizer"))
 
-    The repository carries the Qwen2.5-Coder tokenizer this way (2 MB instead of the 491 MB
+
+def qwen_tokenizer() -> object:
+    """The packaged Qwen2.5-Coder tokenizer (see ``qwen_tokenizer_dir``), loaded."""
+    return load_tokenizer_dir(qwen_tokenizer_dir())
+
+
+def load_tokenizer_dir(path) -> object:
+    """Load a tokenizer saved as ``tokenizer.json.gz`` + ``tokenizer_config.json`` (hfspec/data).
+
+    hfspec carries the Qwen2.5-Coder tokenizer this way (2 MB instead of the 491 MB
     GGUF it was extracted from by ``hfspec.models.load_tokenizer``) so grammar conformance runs
     against the real vocabulary in CI. ``tests/test_models.py`` checks the copy is identical.
     """

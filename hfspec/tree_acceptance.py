@@ -1,4 +1,4 @@
-"""Tree-shaped acceptance rules (SpecInfer / Sequoia) as pure tensor functions (DESIGN.md §4).
+"""Tree-shaped acceptance rules (SpecInfer / Sequoia) as pure tensor functions (docs/design.md, "Acceptance").
 
 Tree convention (shared with the engine, see also ``hfspec.tree``): B rows, N draft nodes per
 row (padded), V vocabulary.

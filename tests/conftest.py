@@ -1,6 +1,9 @@
-"""Shared fixtures: tiny in-process models (no hub) and a padded batch."""
+"""Shared fixtures: tiny in-process models (no hub), a padded batch, the vendored JSONSchemaBench."""
 
 from __future__ import annotations
+
+import os
+import pathlib
 
 import pytest
 import torch
@@ -34,3 +37,14 @@ def padded_batch() -> tuple[torch.Tensor, torch.Tensor]:
     )
     mask = (torch.arange(9)[None] >= torch.tensor([3, 0, 6])[:, None]).long()
     return ids, mask
+
+
+@pytest.fixture(scope="session")
+def jsonschemabench() -> pathlib.Path:
+    """``$HFSPEC_JSONSCHEMABENCH`` if set, else the copy vendored in tests/data: a fresh clone runs
+    every conformance test."""
+    env = os.environ.get("HFSPEC_JSONSCHEMABENCH")
+    path = pathlib.Path(env) if env else pathlib.Path(__file__).parent / "data" / "jsonschemabench"
+    if not path.is_dir():
+        raise FileNotFoundError(f"JSONSchemaBench folder {path} not found (check $HFSPEC_JSONSCHEMABENCH)")
+    return path

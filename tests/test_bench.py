@@ -10,7 +10,9 @@ import json
 import pytest
 import torch
 
-from hfspec import bench, bench_batch, cli
+from hfspec.bench import batch as bench_batch
+from hfspec.bench import cli, harness
+from hfspec.bench import speed as bench
 from hfspec.testing import tiny_model, tiny_tokenizer
 
 MODES = ("greedy", "sample")
@@ -158,10 +160,10 @@ def test_schedule_rotates_so_no_config_always_runs_first():
     ]  # modes*prompts % n == 0
     plan = bench.schedule(settings, prompts)
     groups = [plan[i : i + n] for i in range(0, len(plan), n)]
-    assert all(sorted(c for *_, c in g) == sorted(bench.DEFAULT_CONFIGS) for g in groups)
+    assert all(sorted(t.config for t in g) == sorted(bench.DEFAULT_CONFIGS) for g in groups)
     for mode in MODES:
         for index in range(n):
-            firsts = [g[0][3] for g in groups if g[0][:2] == (mode, index)]
+            firsts = [g[0].config for g in groups if g[0].group == (mode, index)]
             assert sorted(firsts) == sorted(bench.DEFAULT_CONFIGS)  # each config runs first once per (mode, prompt)
 
 
@@ -178,8 +180,8 @@ def test_mismatch_is_flagged_loudly(capsys):
 
 
 def test_count_new_tokens_stops_at_first_eos():
-    assert bench.count_new_tokens(torch.tensor([4, 1, 1, 0]), [1]) == 2
-    assert bench.count_new_tokens(torch.tensor([4, 5, 6]), [1, 2]) == 3
+    assert harness.count_new_tokens(torch.tensor([4, 1, 1, 0]), [1]) == 2
+    assert harness.count_new_tokens(torch.tensor([4, 5, 6]), [1, 2]) == 3
 
 
 def test_assistant_length_restores_draft_config():
@@ -354,11 +356,37 @@ def test_batch_schedule_alternates_and_rotates():
     plan = bench_batch.schedule(settings)
     groups = [plan[i : i + 6] for i in range(0, len(plan), 6)]
     assert all(
-        sorted((c, w) for _, c, w in g)
-        == sorted((c, w) for c in bench_batch.CONFIGS for w in bench_batch.WAYS)
+        sorted(t.config for t in g) == sorted(f"{c}/{w}" for c in bench_batch.CONFIGS for w in bench_batch.WAYS)
         for g in groups
     )
-    assert len({g[0][1:] for g in groups}) == 6  # every (config, way) runs first once
+    assert len({g[0].config for g in groups}) == 6  # every (config, way) runs first once
+
+
+def test_harness_identity_marks_each_run_against_its_reference():
+    """One rule for every benchmark: same group and repetition; the reference against its repetition 0."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class Run:
+        group: str
+        config: str
+        repeat: int
+        output_ids: list
+        identical: bool | None = None
+        first_mismatch: int | None = None
+
+    runs = [
+        Run("a", "ref", 0, [1, 2, 3]),
+        Run("a", "ref", 1, [1, 2, 4]),  # the reference is not deterministic
+        Run("a", "x", 0, [1, 2, 3]),
+        Run("a", "x", 1, [1, 2, 4]),  # equal to its own repetition's reference
+        Run("b", "ref", 0, [5]),
+        Run("b", "x", 0, [6, 7]),
+        Run("b", "y", 0, [6]),  # not checked
+    ]
+    harness.mark_identity(runs, group=lambda r: r.group, reference=lambda r: None if r.config == "y" else "ref")
+    assert [r.identical for r in runs] == [True, False, True, True, True, False, None]
+    assert [r.first_mismatch for r in runs] == [None, 2, None, None, None, 0, None]
 
 
 def test_bench_batch_rejects_hf_speculative_configs(capsys):

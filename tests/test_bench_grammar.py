@@ -1,21 +1,24 @@
 """hfspec bench-grammar: the tiny benchmark end to end, and the deterministic schema selection.
 
 No real model is loaded: the benchmark runs on tiny random models (--tiny); the selection test
-uses the repository's copy of the Qwen2.5-Coder tokenizer and JSONSchemaBench when present.
+uses the packaged Qwen2.5-Coder tokenizer and the vendored JSONSchemaBench.
 """
 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
 pytest.importorskip("xgrammar")
 jsonschema = pytest.importorskip("jsonschema")
 
-from hfspec import bench, bench_grammar, cli  # noqa: E402
+from hfspec.bench import cli  # noqa: E402
+from hfspec.bench import markdown as markdown_lib  # noqa: E402
+from hfspec.bench import grammar as bench_grammar  # noqa: E402
 
-PINNED_SIX = [  # SELECTION_RULE on ../shared/data/jsonschemabench: one per family, families alphabetical
+PINNED_SIX = [  # SELECTION_RULE on the vendored tests/data/jsonschemabench: one per family, families alphabetical
     "BFCL_java_24",
     "Github_easy---o30126",
     "Glaiveai2K---calculate_area_0e6127c1",
@@ -47,8 +50,8 @@ def test_tiny_benchmark_writes_results_and_markdown(tiny_results):
     assert len(results["warmup"]) == len(bench_grammar.CONFIGS)
     assert len(results["runs"]) == len(bench_grammar.CONFIGS) * len(names)
     text = markdown.read_text()
-    key = bench.section_key(out, markdown)
-    assert bench._SECTION_BEGIN.format(key=key) in text and bench._SECTION_END.format(key=key) in text
+    key = markdown_lib.section_key(out, markdown)
+    assert markdown_lib.SECTION_BEGIN.format(key=key) in text and markdown_lib.SECTION_END.format(key=key) in text
     assert f"Command: `{results['command']}`" in text
     assert "### Per config" in text and "### Per schema" in text
 
@@ -115,7 +118,7 @@ def test_render_reproduces_the_section(tiny_results, tmp_path):
     results, out, markdown = tiny_results
     copy = tmp_path / "other.md"
     assert cli.main(["render", str(out), "--markdown", str(copy)]) == 0
-    key = bench.section_key(out, copy)
+    key = markdown_lib.section_key(out, copy)
     assert bench_grammar.render_section(results, key) in copy.read_text()
 
 
@@ -123,7 +126,7 @@ def test_configs_option_always_adds_the_reference():
     args = cli.build_parser().parse_args(
         ["bench-grammar", "--tiny", "--configs", "hfspec_grammar_jump,hfspec_draft"]
     )
-    settings = bench_grammar.settings_from_args(args)
+    settings = cli.grammar_settings_from_args(args)
     assert settings.configs == ("hf_xgrammar", "hfspec_grammar_jump", "hfspec_draft")
     assert settings.max_new_tokens == 192 and settings.schemas == 6
     with pytest.raises(SystemExit):
@@ -150,24 +153,19 @@ def test_prompt_text():
 
 @pytest.fixture(scope="module")
 def qwen_tokenizer():
-    from hfspec.testing import load_tokenizer_dir
+    from hfspec.testing import qwen_tokenizer
 
-    path = bench.REPO_ROOT / "tests" / "data" / "qwen2.5-coder-tokenizer"
-    if not (path / "tokenizer.json.gz").exists():
-        pytest.skip("Qwen2.5-Coder tokenizer copy not in tests/data")
-    return load_tokenizer_dir(path)
+    return qwen_tokenizer()
 
 
-def test_schema_selection_is_deterministic_on_jsonschemabench(qwen_tokenizer):
-    data_dir = bench_grammar.default_data_dir()
-    if data_dir is None or not data_dir.is_dir():
-        pytest.skip("JSONSchemaBench data not found")
+def test_schema_selection_is_deterministic_on_jsonschemabench(qwen_tokenizer, jsonschemabench):
+    data_dir = jsonschemabench
     six = bench_grammar.select_schemas(data_dir, qwen_tokenizer, 151936, 6)
     again = bench_grammar.select_schemas(data_dir, qwen_tokenizer, 151936, 6)
     three = bench_grammar.select_schemas(data_dir, qwen_tokenizer, 151936, 3)
     names = [c.name for c in six]
     assert names == [c.name for c in again] and names[:3] == [c.name for c in three]
-    if data_dir.resolve() == (bench.REPO_ROOT.parent / "shared" / "data" / "jsonschemabench").resolve():
+    if "HFSPEC_JSONSCHEMABENCH" not in os.environ:  # the vendored copy
         assert names == PINNED_SIX
     families = [bench_grammar.family(c.group) for c in six]
     assert families == sorted(set(families))  # one per family, in alphabetical order

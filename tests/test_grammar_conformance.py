@@ -1,8 +1,7 @@
 """Token-level JSON Schema conformance on JSONSchemaBench, and unit tests of the harness itself.
 
-The bench data is not in the repository: it is read from ``$HFSPEC_JSONSCHEMABENCH`` or
-``shared/data/jsonschemabench`` beside the checkout or a parent folder (skipped with a message
-otherwise). All 372 files run by default (~3 minutes on one core, what CI runs);
+The bench data is vendored in tests/data/jsonschemabench (``$HFSPEC_JSONSCHEMABENCH`` points the
+tests at another copy). All 372 files run by default (~3 minutes on one core, what CI runs);
 ``HFSPEC_CONFORMANCE_SUBSET=1`` runs a deterministic subset for quick local runs (every 4th file of
 every source group, files over 50 kB left out: ~90 files, under a minute). The full report is
 produced by ``hfspec conformance`` (docs/conformance.md).
@@ -18,8 +17,8 @@ import pytest
 pytest.importorskip("xgrammar")
 pytest.importorskip("jsonschema")
 
-from hfspec.grammar import conformance  # noqa: E402
-from hfspec.grammar.conformance import (  # noqa: E402
+from hfspec.bench import conformance  # noqa: E402
+from hfspec.bench.conformance import (  # noqa: E402
     CAUGHT,
     MISSED,
     REJECTED,
@@ -249,14 +248,8 @@ def test_report_and_markdown_from_results(checker):
 
 # --------------------------------------------------------------------------- the bench
 @pytest.fixture(scope="module")
-def bench_results(tokenizer):
-    data = conformance.default_data_dir()
-    if data is None or not data.is_dir():
-        pytest.skip(
-            f"JSONSchemaBench data not found: set ${conformance.DATA_ENV}=/path/to/jsonschemabench "
-            "(default ../shared/data/jsonschemabench next to the repository)"
-        )
-    files = conformance.bench_files(data)
+def bench_results(tokenizer, jsonschemabench):
+    files = conformance.bench_files(jsonschemabench)
     if SUBSET:
         files = conformance.every_nth_per_group(files, SUBSET_EVERY, max_bytes=SUBSET_MAX_BYTES)
     return conformance.run_files(files, tokenizer)

@@ -344,21 +344,9 @@ def test_validate_mode_reads_draft7_dependencies():
 
 
 # --------------------------------------------------------------------------- JSONSchemaBench invariant
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def bench_dir() -> pathlib.Path | None:
-    from hfspec.grammar.conformance import default_data_dir
-
-    path = default_data_dir()
-    return path if path is not None and path.is_dir() else None
-
-
-def test_bench_every_invalid_instance_the_mask_accepts_is_flagged_and_caught():
+def test_bench_every_invalid_instance_the_mask_accepts_is_flagged_and_caught(jsonschemabench):
     """All 372 files (about 10 s): compile once per schema, feed compact and indented invalid instances."""
-    data = bench_dir()
-    if data is None:
-        pytest.skip("JSONSchemaBench not found (set HFSPEC_JSONSCHEMABENCH)")
+    data = jsonschemabench
     compiler = xgr.GrammarCompiler(xgr.TokenizerInfo([]), max_threads=1)
     compiled = invalid = accepted = 0
     problems = []

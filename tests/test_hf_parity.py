@@ -338,9 +338,9 @@ def test_completion_search_verdicts():
 
 def test_completion_search_skipped_for_byte_level_vocabularies():
     from hfspec.grammar.compile import _token_order_for
-    from hfspec.testing import load_tokenizer_dir
+    from hfspec.testing import load_tokenizer_dir, qwen_tokenizer_dir
 
-    tok = load_tokenizer_dir(__file__.rsplit("/", 1)[0] + "/data/qwen2.5-coder-tokenizer")
+    tok = load_tokenizer_dir(qwen_tokenizer_dir())
     assert _token_order_for(tok, 151936).spells_every_byte
 
 

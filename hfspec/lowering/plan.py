@@ -1,6 +1,6 @@
 """``hfspec.compile``: a reusable plan of fixed-shape graphs over static KV caches.
 
-Why this shape (DESIGN.md §8, measured on 2-core CPUs): inductor's C++ GEMM templates
+Why this shape (docs/lowering.md, measured on 2-core CPUs): inductor's C++ GEMM templates
 (``max_autotune`` with the CPP backend) need *frozen* weights, and freezing folds everything
 that lives on the module, so HF's static cache (a module attribute) crashes there. Here the cache
 is a ``StaticStore`` outside the module, whose buffers are graph inputs written by index; the
@@ -31,7 +31,7 @@ from hfspec.step import VerifyBatch
 
 BACKENDS = ("inductor", "cudagraphs", "tensorrt", "eager")
 
-# Measured best on these CPUs (DESIGN.md §8): frozen weights + autotuned C++ micro-GEMMs.
+# Measured best on these CPUs (docs/lowering.md): frozen weights + autotuned C++ micro-GEMMs.
 CPU_INDUCTOR_OPTIONS: dict[str, Any] = {
     "freezing": True,
     "max_autotune": True,

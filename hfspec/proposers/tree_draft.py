@@ -23,7 +23,7 @@ then judges the spine node first with min(1, R/q) and the later siblings with th
 which is exact: the spine node is the first child, present whatever it draws (its presence
 depends on the budget only), so it is distributed as q given the history; every later node is a
 function of what came before, and for such nodes the one-hot rule is exact for any token
-(DESIGN.md §4, tree_acceptance docstring). Pruning siblings by their own sampled values (EAGLE-2's
+(docs/design.md "Acceptance", tree_acceptance docstring). Pruning siblings by their own sampled values (EAGLE-2's
 reranking of sampled children) would not be.
 
 KV consistency: the draft store holds the engine's slot layout, then the root, then every
