@@ -415,3 +415,37 @@ def test_split_prefill_reports_decode_rates(tmp_path):
     plain = next(g for g in results["geomean"] if g["config"] == "hf_plain")
     assert plain["decode_speedup_vs_plain"] == pytest.approx(1.0)
     assert "decode x hf_plain" in markdown.read_text()
+
+
+# --------------------------------------------------------------------------- figures (hfspec render)
+def test_figures_are_written_next_to_the_markdown_and_embedded(tiny_run):
+    pytest.importorskip("matplotlib")
+    out, md, results = tiny_run
+    folder = md.parent / "benchmarks" / "figures"
+    for name in ("speedup", "tau-vs-rate"):
+        png = folder / f"tiny-{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"![tiny-{name}](benchmarks/figures/tiny-{name}.png)" in md.read_text()
+
+
+def test_verify_curve_file_renders_its_figure_only(tmp_path):
+    pytest.importorskip("matplotlib")
+    curve = {
+        "model": "target",
+        "dtype": "float32",
+        "prefix": 256,
+        "rows": [{"q": q, "eager_s": 0.3 * q**0.5, "compiled_s": 0.17 * q**0.6} for q in (1, 2, 4, 8)],
+    }
+    path = tmp_path / "verify-curve-x.json"
+    path.write_text(json.dumps(curve))
+    md = tmp_path / "BENCHMARKS.md"
+    assert cli.main(["render", str(path), "--markdown", str(md)]) == 0
+    assert (tmp_path / "benchmarks" / "figures" / "verify-curve-x-verify-curve.png").is_file()
+    assert not md.exists()  # its prose is hand-written; render only draws
+
+
+def test_render_refuses_an_unknown_results_file(tmp_path, capsys):
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps({"schema": "something-else/1"}))
+    assert cli.main(["render", str(path), "--markdown", str(tmp_path / "m.md")]) == 2
+    assert "not an hfspec bench" in capsys.readouterr().err

@@ -164,7 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.set_defaults(func=cmd_demo)
 
-    r = sub.add_parser("render", help="(re)write a results file's section of BENCHMARKS.md")
+    r = sub.add_parser(
+        "render",
+        help="(re)write a results file's section of BENCHMARKS.md and its figures (benchmarks/figures/*.png)",
+    )
     r.add_argument("results", help="results JSON written by hfspec bench, bench-batch or bench-grammar")
     r.add_argument(
         "--markdown", default=str(DEFAULT_MARKDOWN), help="markdown file to update (default BENCHMARKS.md)"
@@ -418,9 +421,37 @@ def publish(kind, settings, out: pathlib.Path, args: argparse.Namespace, command
     print(f"results: {out}")
     target = args.markdown or (None if settings.tiny else str(DEFAULT_MARKDOWN))
     if target and not args.no_markdown:
-        key = markdown.section_key(out, target)
-        print(f"markdown: {markdown.update(target, key, kind.render_section(results, key))}")
+        write_section(kind, results, out, target)
     return 0
+
+
+def figures_folder(markdown_path: str | os.PathLike) -> pathlib.Path:
+    """Figures live next to the markdown that embeds them, under benchmarks/figures/."""
+    return pathlib.Path(markdown_path).parent / "benchmarks" / "figures"
+
+
+def write_figures(results: dict, results_path: pathlib.Path, markdown_path: str | os.PathLike) -> list[str]:
+    """PNG figures of a results file (when matplotlib is installed); their paths relative to the markdown."""
+    from hfspec.bench import plots
+
+    if not plots.figures_for(results):
+        return []
+    if not plots.available():
+        print("figures: skipped (matplotlib is not installed; pip install \"hfspec[bench]\")", file=sys.stderr)
+        return []
+    paths = plots.write(results, figures_folder(markdown_path), results_path.stem)
+    for path in paths:
+        print(f"figure: {path}")
+    base = pathlib.Path(markdown_path).resolve().parent
+    return [markdown.section_key(path, base / "x.md") for path in paths]
+
+
+def write_section(kind, results: dict, results_path: pathlib.Path, markdown_path: str | os.PathLike) -> None:
+    """(Re)write the results file's markdown section, with its figures embedded."""
+    key = markdown.section_key(results_path, markdown_path)
+    images = write_figures(results, results_path, markdown_path)
+    section = markdown.with_figures(kind.render_section(results, key), key, images)
+    print(f"markdown: {markdown.update(markdown_path, key, section)}")
 
 
 def default_results_path(settings: bench.BenchSettings, prefix: str = "") -> pathlib.Path:
@@ -450,14 +481,19 @@ def cmd_render(args: argparse.Namespace, command: str) -> int:
     if not path.is_file():
         raise HfspecError(f"results file {path} not found")
     results = json.loads(path.read_text())
+    from hfspec.bench import plots
+
+    if plots.is_verify_curve(results):  # figures only: its prose lives in BENCHMARKS.md's Lowering section
+        images = write_figures(results, path, args.markdown)
+        print("\n".join(f"embed with: ![{pathlib.PurePosixPath(i).stem}]({i})" for i in images))
+        return 0
     kind = BENCHMARKS.get(results.get("schema"))
     if kind is None:
         raise HfspecError(
-            f"{path} is not an hfspec bench, bench-batch or bench-grammar results file "
+            f"{path} is not an hfspec bench, bench-batch, bench-grammar or verify-curve results file "
             f"(schema {results.get('schema')!r})"
         )
-    key = markdown.section_key(path, args.markdown)
-    print(f"markdown: {markdown.update(args.markdown, key, kind.render_section(results, key))}")
+    write_section(kind, results, path, args.markdown)
     return 0
 
 

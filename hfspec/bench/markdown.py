@@ -53,6 +53,15 @@ def update(markdown_path: str | os.PathLike, key: str, section: str) -> pathlib.
     return path
 
 
+def with_figures(section: str, key: str, images: Sequence[str]) -> str:
+    """The section with its figures (paths relative to the markdown file) just before its end marker."""
+    if not images:
+        return section
+    end = SECTION_END.format(key=key)
+    block = "\n".join(f"![{pathlib.PurePosixPath(i).stem}]({i})" for i in images)
+    return section.replace(end, block + "\n" + end)
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(row) + " |" for row in rows]

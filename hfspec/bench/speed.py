@@ -40,6 +40,7 @@ import transformers
 from transformers import GenerationConfig, PreTrainedModel
 
 import hfspec
+from hfspec import stopping
 from hfspec.bench import environment, harness, markdown
 
 CONFIGS = (
@@ -296,17 +297,11 @@ def stop_token_ids(tokenizer: Any, model: PreTrainedModel) -> list[int]:
 
     Instruct models end a turn with ``<|im_end|>``; the GGUF-loaded Qwen config lists only that one,
     and without the chat tokens generation would run on past the answer, timing text nobody asked for.
+    Read through ``hfspec.stopping`` like every other stop-token set.
     """
-    ids: list[int] = []
-    config_eos = model.generation_config.eos_token_id
-    ids += config_eos if isinstance(config_eos, list) else [config_eos] if config_eos is not None else []
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    for token in ("<|im_end|>", "<|endoftext|>"):  # Qwen's own generation_config stops on both
-        token_id = tokenizer.convert_tokens_to_ids(token)
-        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
-            ids.append(token_id)
-    return sorted(set(ids))
+    ends = (tokenizer.eos_token, "<|im_end|>", "<|endoftext|>")  # Qwen's own generation_config stops on both
+    ends = tuple(t for t in ends if t)
+    return sorted(stopping.stop_token_ids(model.generation_config.eos_token_id, tokenizer, chat_end_tokens=ends))
 
 
 def describe_model(model: PreTrainedModel, name: str) -> dict[str, Any]:
