@@ -25,14 +25,16 @@ spec = hfspec.JSONSchema(Record, any_whitespace=False, tokenizer=tok)
 prompt = torch.tensor([[5, 9, 12, 3, 7]])
 
 outputs = {}
-for name, strategy in {
-    "no speculation": None,
-    "draft model": hfspec.DraftModel(draft, num_tokens=4),
-    "jump-forward + draft": hfspec.JumpForward(hfspec.DraftModel(draft, num_tokens=4)),
+for name, (strategy, jump_forward) in {  # under grammar= jump-forward is on unless jump_forward=False
+    "no speculation": (None, False),
+    "jump-forward": (None, True),
+    "draft model": (hfspec.DraftModel(draft, num_tokens=4), False),
+    "jump-forward + draft": (hfspec.DraftModel(draft, num_tokens=4), True),
 }.items():
     stats = hfspec.SpecStats()
     out = target.generate(input_ids=prompt, max_new_tokens=40, do_sample=False, custom_generate=hfspec.generate,
-                          grammar=spec, assistant_strategy=strategy, speculation_stats=stats)
+                          grammar=spec, assistant_strategy=strategy, jump_forward=jump_forward,
+                          speculation_stats=stats)
     text = tok.decode(out[0, prompt.shape[1]:], skip_special_tokens=True)
     outputs[name] = out
     print(f"{name:22s} {text!r:28s} -> {spec.parse(text)!r}  target forwards: {stats.target_forwards}")

@@ -45,15 +45,16 @@ if __name__ == "__main__":
     spec = hfspec.JSONSchema(Order, any_whitespace=False, tokenizer=tokenizer)
 
     outputs = []
-    for label, strategy in [
-        ("grammar only", None),
-        ("grammar + DraftModel", hfspec.DraftModel(draft, num_tokens=7)),
-        ("grammar + JumpForward(DraftModel)", hfspec.JumpForward(hfspec.DraftModel(draft, num_tokens=7))),
+    for label, strategy, jump_forward in [  # under grammar= jump-forward is on unless jump_forward=False
+        ("grammar only", None, False),
+        ("grammar + DraftModel", hfspec.DraftModel(draft, num_tokens=7), False),
+        ("grammar + DraftModel + jump-forward", hfspec.DraftModel(draft, num_tokens=7), True),
     ]:
         stats = hfspec.SpecStats()
         start = time.perf_counter()
         out = target.generate(**inputs, max_new_tokens=160, do_sample=False, custom_generate=hfspec.generate,
-                              grammar=spec, assistant_strategy=strategy, speculation_stats=stats)
+                              grammar=spec, assistant_strategy=strategy, jump_forward=jump_forward,
+                              speculation_stats=stats)
         seconds = time.perf_counter() - start
         new = out.shape[1] - prompt_len
         print(f"{label:<36} {new:4d} tokens  {new / seconds:6.2f} tok/s  {stats.target_forwards:3d} target forwards")

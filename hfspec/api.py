@@ -33,6 +33,7 @@ from hfspec.grammar import call as grammar_call
 from hfspec.grammar.specs import GrammarSpec
 from hfspec.lowering.plan import CompiledPlan
 from hfspec.proposers.base import NoDrafts, Strategy
+from hfspec.proposers.jump_forward import check_jump_forward, with_jump_forward
 
 # Model kwargs transformers itself prepares for a decoder-only call; anything else is refused
 # rather than silently dropped.
@@ -54,6 +55,7 @@ def generate(
     tokenizer: Any = None,
     on_incomplete: str = "error",
     stop_strings: str | list[str] | None = None,
+    jump_forward: bool = True,
     **model_kwargs: Any,
 ):
     """Decoding method for ``model.generate(..., custom_generate=hfspec.generate, assistant_strategy=...)``.
@@ -64,8 +66,12 @@ def generate(
     a strategy; ``on_incomplete`` ("error" | "flag") says what happens to rows that end before
     their grammar does (hfspec.grammar.call). ``stop_strings`` needs a tokenizer hfspec can see
     (module docstring): ``hfspec.enable()``, a grammar spec built with ``tokenizer=``, or
-    ``functools.partial(hfspec.generate, tokenizer=tok)``.
+    ``functools.partial(hfspec.generate, tokenizer=tok)``. ``jump_forward`` (default True): under
+    ``grammar=`` the strategy (or none) is wrapped in ``hfspec.JumpForward`` so grammar-forced text
+    is proposed for free (lossless: the masked target gives it p = 1, and it is verified anyway);
+    False decodes with the strategy alone and refuses an explicit ``JumpForward``.
     """
+    check_jump_forward(jump_forward)
     generation_config = generation_config if generation_config is not None else model.generation_config
     stopping_criteria = stopping_criteria if stopping_criteria is not None else StoppingCriteriaList()
     streamer = streamer if streamer is not None else _from_hf_caller("streamer")
@@ -75,6 +81,9 @@ def generate(
     if assistant_strategy is None and grammar is None:
         return _plain_hf(model, input_ids, logits_processor, stopping_criteria, generation_config, streamer, model_kwargs)
     strategy = assistant_strategy if assistant_strategy is not None else NoDrafts()
+    validate_strategy(strategy)
+    if grammar is not None:
+        strategy = with_jump_forward(strategy, jump_forward)
     validate_call(model, input_ids, generation_config, strategy, model_kwargs, streamer, logits_processor)
     constrained = None
     if grammar is not None:
@@ -236,7 +245,7 @@ def _from_hf_caller(name: str) -> Any:
 _hf_generate = None
 
 
-def _generate_with_strategy(self, args, kwargs, strategy, stats, grammar, on_incomplete):
+def _generate_with_strategy(self, args, kwargs, strategy, stats, grammar, on_incomplete, jump_forward=True):
     if strategy is not None:
         validate_strategy(strategy)
     # before HF's own preamble, which indexes input_ids[:, -1] for a padded batch
@@ -268,20 +277,32 @@ def _generate_with_strategy(self, args, kwargs, strategy, stats, grammar, on_inc
         grammar=grammar,
         tokenizer=tokenizer,
         on_incomplete=on_incomplete,
+        jump_forward=jump_forward,
     )
     return _hf_generate(self, *args, custom_generate=decode, **kwargs)
 
 
 def _patched_generate(
-    self, *args, assistant_strategy=None, speculation_stats=None, grammar=None, on_incomplete="error", **kwargs
+    self,
+    *args,
+    assistant_strategy=None,
+    speculation_stats=None,
+    grammar=None,
+    on_incomplete="error",
+    jump_forward=True,
+    **kwargs,
 ):
+    check_jump_forward(jump_forward)
     if assistant_strategy is None and grammar is None:
         return _hf_generate(self, *args, **kwargs)
-    return _generate_with_strategy(self, args, kwargs, assistant_strategy, speculation_stats, grammar, on_incomplete)
+    return _generate_with_strategy(
+        self, args, kwargs, assistant_strategy, speculation_stats, grammar, on_incomplete, jump_forward
+    )
 
 
 def enable() -> None:
-    """Let every ``model.generate`` (and so pipelines) accept ``assistant_strategy=`` and ``grammar=``. Idempotent."""
+    """Let every ``model.generate`` (and so pipelines) accept ``assistant_strategy=``, ``grammar=`` and
+    ``jump_forward=``. Idempotent."""
     global _hf_generate
     if _hf_generate is None:
         _hf_generate = GenerationMixin.generate

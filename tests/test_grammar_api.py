@@ -113,6 +113,11 @@ def test_bad_specs_fail_at_construction(tok, make, message):
         (dict(grammar=hfspec.JSONSchema(SCHEMA), on_incomplete="ignore"), hfspec.ConfigurationError, "on_incomplete"),
         (dict(grammar={"type": "object"}), hfspec.GrammarError, "grammar spec"),
         (dict(assistant_strategy=hfspec.JumpForward()), hfspec.ConfigurationError, "needs grammar"),
+        (dict(grammar=hfspec.JSONSchema(SCHEMA), jump_forward="no"), hfspec.ConfigurationError, "jump_forward="),
+        (dict(grammar=hfspec.JSONSchema(SCHEMA), jump_forward=0), hfspec.ConfigurationError, "True or False"),
+        (dict(jump_forward=None), hfspec.ConfigurationError, "jump_forward="),  # checked without grammar too
+        (dict(grammar=hfspec.JSONSchema(SCHEMA), jump_forward=False, assistant_strategy=hfspec.JumpForward()),
+         hfspec.ConfigurationError, "contradicts"),
     ],
 )
 def test_bad_calls_fail_before_the_model_runs(model, tok, forwards, kwargs, error, message):
@@ -167,3 +172,57 @@ def test_unsupported_schema_error_names_the_feature(model, tok, forwards):
         model.generate(PROMPT, custom_generate=hfspec.generate, grammar=hfspec.JSONSchema(schema, tokenizer=tok),
                        max_new_tokens=5)
     assert forwards == []
+
+
+def test_jump_forward_keyword_through_enable_and_pipeline(model, tok, forwards):
+    """enable() takes jump_forward= like custom_generate does; both spellings give the same tokens."""
+    spec = hfspec.JSONSchema(SCHEMA, any_whitespace=False, tokenizer=tok)
+    kwargs = dict(grammar=spec, max_new_tokens=30, do_sample=False)
+    a = model.generate(PROMPT, custom_generate=hfspec.generate, jump_forward=False, **kwargs)
+    calls_plain = len(forwards)
+    hfspec.enable()
+    try:
+        b = model.generate(PROMPT, jump_forward=False, **kwargs)
+        c = model.generate(PROMPT, **kwargs)
+        forwards.clear()
+        with pytest.raises(hfspec.ConfigurationError, match="jump_forward="):
+            model.generate(PROMPT, jump_forward="off", max_new_tokens=3)  # no grammar, still checked
+        with pytest.raises(hfspec.ConfigurationError, match="contradicts"):
+            model.generate(PROMPT, jump_forward=False, assistant_strategy=hfspec.JumpForward(), **kwargs)
+        assert forwards == []
+        pipe = pipeline("text-generation", model=model, tokenizer=tok)
+        out = pipe("{ab", grammar=spec, jump_forward=False, max_new_tokens=30, do_sample=False, return_full_text=False)
+        assert spec.matches(out[0]["generated_text"]), out
+    finally:
+        hfspec.disable()
+    assert a.tolist() == b.tolist() == c.tolist()
+    assert calls_plain == a.shape[1] - PROMPT.shape[1]  # jump_forward=False: one forward per token
+
+
+def test_with_jump_forward_wraps_once():
+    from hfspec.proposers.base import NoDrafts
+    from hfspec.proposers.jump_forward import JumpForward, with_jump_forward
+
+    draft = tiny_model("llama", vocab_size=64, seed=4)
+    lookup = hfspec.PromptLookup()
+    assert with_jump_forward(lookup, True).inner is lookup
+    assert isinstance(with_jump_forward(lookup, True), JumpForward)
+    assert with_jump_forward(NoDrafts(), True).inner is None
+    assert with_jump_forward(lookup, False) is lookup
+    explicit = hfspec.JumpForward(hfspec.DraftModel(draft, num_tokens=3), max_tokens=5)
+    assert with_jump_forward(explicit, True) is explicit  # never double-wrapped
+    with pytest.raises(hfspec.ConfigurationError, match="contradicts"):
+        with_jump_forward(explicit, False)
+    for bad in (1, None, "yes"):
+        with pytest.raises(hfspec.ConfigurationError, match="jump_forward"):
+            with_jump_forward(lookup, bad)
+    target = tiny_model("llama", vocab_size=64, seed=3)
+    plan = hfspec.compile(target, hfspec.DraftModel(draft, num_tokens=3), backend="eager", capacity=64)
+    wrapped = with_jump_forward(plan, True)
+    assert isinstance(wrapped, hfspec.CompiledPlan) and wrapped.target is plan.target and wrapped.draft is plan.draft
+    assert isinstance(wrapped.strategy, JumpForward) and wrapped.strategy.inner is plan.strategy
+    assert wrapped.node_budget == plan.node_budget == 3
+    assert with_jump_forward(wrapped, True) is wrapped
+    with pytest.raises(hfspec.ConfigurationError, match="contradicts"):
+        with_jump_forward(wrapped, False)
+    assert with_jump_forward(plan, False) is plan

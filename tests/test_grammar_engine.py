@@ -71,12 +71,19 @@ def grammars(tok):
 
 
 def strategies(draft):
+    """name -> (assistant_strategy, jump_forward). Under grammar= jump-forward is on by default, so
+    "none", "lookup" and "draft" run wrapped in JumpForward; "/no-jump" runs them alone."""
     return {
-        "none": None,
-        "lookup": hfspec.PromptLookup(num_tokens=4),
-        "draft": hfspec.DraftModel(draft, num_tokens=4),
-        "jump": hfspec.JumpForward(),
-        "jump+draft": hfspec.JumpForward(hfspec.DraftModel(draft, num_tokens=4)),
+        "none": (None, True),
+        "none/no-jump": (None, False),
+        "lookup": (hfspec.PromptLookup(num_tokens=4), True),
+        "lookup/no-jump": (hfspec.PromptLookup(num_tokens=4), False),
+        "draft": (hfspec.DraftModel(draft, num_tokens=4), True),
+        "draft/no-jump": (hfspec.DraftModel(draft, num_tokens=4), False),
+        "lookup-or-draft": (hfspec.LookupOrDraft(hfspec.PromptLookup(num_tokens=4),
+                                                 hfspec.DraftModel(draft, num_tokens=4)), True),
+        "jump": (hfspec.JumpForward(), True),
+        "jump+draft": (hfspec.JumpForward(hfspec.DraftModel(draft, num_tokens=4)), True),
     }
 
 
@@ -123,8 +130,8 @@ def test_greedy_identical_to_masked_plain_generate(pairs, tok, arch, grammar, pr
     spec = grammars(tok)[grammar]
     ids, mask = PROMPTS[prompt]
     expected = reference(target, ids, mask, spec, tok, 24)
-    for name, strategy in strategies(draft).items():
-        out = run(target, ids, mask, spec, strategy, 24)
+    for name, (strategy, jump_forward) in strategies(draft).items():
+        out = run(target, ids, mask, spec, strategy, 24, jump_forward=jump_forward)
         assert out.tolist() == expected.tolist(), (name, tok.batch_decode(out[:, ids.shape[1]:]))
 
 
@@ -158,28 +165,53 @@ def test_incomplete_rows_raise_with_sequences_or_are_flagged(pairs, tok):
     assert out.grammar_complete.tolist() == [False] and out.grammar_valid.tolist() == [False]
 
 
+FORCED_REGEX = r'\{"abc": [0-9]{1,3}, "xyz": (true|false), "zz": null\}'
+
+
 @pytest.mark.parametrize("prompt", ["single", "batch3"])
 def test_jump_forward_reads_forced_runs_in_fewer_draft_forwards(pairs, tok, prompt):
     """JumpForward(DraftModel) appends forced text after drafted tokens for free: same output as
-    DraftModel, fewer draft-model forwards (a forced run costs one multi-token forward)."""
+    DraftModel, fewer draft-model forwards (a forced run costs one multi-token forward). A plain
+    DraftModel under grammar= gets it by default: as many draft forwards as the explicit wrapper."""
     target, draft = pairs["llama"]
-    spec = hfspec.Regex(r'\{"abc": [0-9]{1,3}, "xyz": (true|false), "zz": null\}', tokenizer=tok)
+    spec = hfspec.Regex(FORCED_REGEX, tokenizer=tok)
     ids, mask = PROMPTS[prompt]
     calls = []
     hook = draft.register_forward_hook(lambda module, args, output: calls.append(1))
     try:
         counts, outs = {}, {}
-        for name, strategy in {
-            "draft": hfspec.DraftModel(draft, num_tokens=4),
-            "jump+draft": hfspec.JumpForward(hfspec.DraftModel(draft, num_tokens=4)),
+        for name, (strategy, jump_forward) in {
+            "draft/no-jump": (hfspec.DraftModel(draft, num_tokens=4), False),
+            "draft": (hfspec.DraftModel(draft, num_tokens=4), True),
+            "jump+draft": (hfspec.JumpForward(hfspec.DraftModel(draft, num_tokens=4)), True),
         }.items():
             calls.clear()
-            outs[name] = run(target, ids, mask, spec, strategy, 40).tolist()
+            outs[name] = run(target, ids, mask, spec, strategy, 40, jump_forward=jump_forward).tolist()
             counts[name] = len(calls)
     finally:
         hook.remove()
-    assert outs["jump+draft"] == outs["draft"] == reference(target, ids, mask, spec, tok, 40).tolist()
-    assert counts["jump+draft"] < counts["draft"], counts
+    expected = reference(target, ids, mask, spec, tok, 40).tolist()
+    assert outs["jump+draft"] == outs["draft"] == outs["draft/no-jump"] == expected
+    assert counts["jump+draft"] == counts["draft"] < counts["draft/no-jump"], counts
+
+
+@pytest.mark.parametrize("prompt", ["single", "batch3"])
+def test_grammar_without_strategy_jumps_forward_by_default(pairs, tok, prompt):
+    """grammar= alone proposes the forced text: fewer target forwards than one per token, the
+    same tokens; jump_forward=False is plain masked decoding, one forward per new token."""
+    target, _ = pairs["llama"]
+    spec = hfspec.Regex(FORCED_REGEX, tokenizer=tok)
+    ids, mask = PROMPTS[prompt]
+    expected = reference(target, ids, mask, spec, tok, 40).tolist()
+    forwards = {}
+    for jump_forward in (True, False):
+        stats = hfspec.SpecStats()
+        out = run(target, ids, mask, spec, None, 40, jump_forward=jump_forward, speculation_stats=stats)
+        assert out.tolist() == expected, jump_forward
+        forwards[jump_forward] = stats.target_forwards
+    new_tokens = len(expected[0]) - ids.shape[1]
+    assert forwards[False] == new_tokens
+    assert forwards[True] < forwards[False] / 2, forwards
 
 
 def test_tokens_prefixing_others_matches_brute_force():
@@ -233,7 +265,7 @@ def exact_masked_distribution(model, compiled) -> dict[tuple[int, ...], float]:
     return done
 
 
-def sample_counts(model, spec, strategy) -> dict[tuple[int, ...], int]:
+def sample_counts(model, spec, strategy, jump_forward: bool = True) -> dict[tuple[int, ...], int]:
     counts: dict[tuple[int, ...], int] = {}
     ids = torch.tensor([SAMPLE_PROMPT] * ROWS)
     for round_ in range(ROUNDS):
@@ -241,6 +273,7 @@ def sample_counts(model, spec, strategy) -> dict[tuple[int, ...], int]:
         out = model.generate(
             input_ids=ids, custom_generate=hfspec.generate, assistant_strategy=strategy, grammar=spec,
             max_new_tokens=MAX_NEW, do_sample=True, temperature=TEMPERATURE, top_k=0, top_p=1.0,
+            jump_forward=jump_forward,
         )
         for row in out[:, len(SAMPLE_PROMPT):].tolist():
             cell = tuple(row[: row.index(EOS) + 1]) if EOS in row else tuple(row)
@@ -263,9 +296,15 @@ def sampling_setup(tok):
     return target, draft, spec, exact
 
 
-@pytest.mark.parametrize("name", ["none", "draft-sampled", "draft-greedy", "lookup", "jump", "jump+draft"])
+SAMPLED = ["none", "none/no-jump", "draft-sampled", "draft-sampled/no-jump", "draft-greedy", "lookup",
+           "lookup/no-jump", "jump", "jump+draft"]
+
+
+@pytest.mark.parametrize("name", SAMPLED)
 def test_sampled_constrained_distribution_is_exact(sampling_setup, name):
+    """Every strategy, with jump-forward on by default (the wrapper api.generate builds) and off."""
     target, draft, spec, exact = sampling_setup
+    base, _, off = name.partition("/")
     strategy = {
         "none": None,
         "draft-sampled": hfspec.DraftModel(draft, num_tokens=3),
@@ -273,8 +312,8 @@ def test_sampled_constrained_distribution_is_exact(sampling_setup, name):
         "lookup": hfspec.PromptLookup(num_tokens=3, min_ngram=1),
         "jump": hfspec.JumpForward(),
         "jump+draft": hfspec.JumpForward(hfspec.DraftModel(draft, num_tokens=3)),
-    }[name]
-    counts = sample_counts(target, spec, strategy)
+    }[base]
+    counts = sample_counts(target, spec, strategy, jump_forward=not off)
     assert pvalue(counts, exact) >= ALPHA, sorted(counts.items())
 
 
@@ -292,7 +331,7 @@ def test_planted_stale_mask_bug_is_rejected(sampling_setup, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            counts = sample_counts(target, spec, hfspec.DraftModel(draft, num_tokens=3))
+            counts = sample_counts(target, spec, hfspec.DraftModel(draft, num_tokens=3), jump_forward=False)
         except (hfspec.GrammarError, hfspec.IncompleteOutputError):
             return  # the engine itself refused an ungrammatical commit: rejected
     assert pvalue(counts, exact) < ALPHA
@@ -344,21 +383,42 @@ from hypothesis import strategies as st  # noqa: E402
 @given(
     prompt=st.lists(st.integers(3, 52), min_size=1, max_size=8),
     grammar=st.sampled_from(["schema", "regex", "ebnf"]),
-    kind=st.sampled_from(["lookup", "draft", "draft-sampled-q", "jump", "jump+draft"]),
+    kind=st.sampled_from(["none", "lookup", "lookup/no-jump", "draft", "draft/no-jump", "draft-sampled-q", "jump",
+                          "jump+draft"]),
     num_tokens=st.integers(1, 6),
     max_new=st.integers(1, 20),
 )
 def test_property_greedy_identical_with_and_without_speculation(pairs, tok, prompt, grammar, kind, num_tokens, max_new):
     target, draft = pairs["llama"]
     spec = grammars(tok)[grammar]
+    base, _, off = kind.partition("/")
     strategy = {
+        "none": None,
         "lookup": hfspec.PromptLookup(num_tokens=num_tokens, min_ngram=1),
         "draft": hfspec.DraftModel(draft, num_tokens=num_tokens),
         "draft-sampled-q": hfspec.DraftModel(draft, num_tokens=num_tokens, confidence_threshold=0.3),
         "jump": hfspec.JumpForward(max_tokens=num_tokens),
         "jump+draft": hfspec.JumpForward(hfspec.DraftModel(draft, num_tokens=num_tokens), max_tokens=num_tokens),
-    }[kind]
+    }[base]
     ids = torch.tensor([prompt])
-    plain = run(target, ids, None, spec, None, max_new)
-    fast = run(target, ids, None, spec, strategy, max_new)
+    plain = run(target, ids, None, spec, None, max_new, jump_forward=False)
+    fast = run(target, ids, None, spec, strategy, max_new, jump_forward=not off)
     assert fast.tolist() == plain.tolist()
+
+
+def test_compiled_plan_jumps_forward_within_its_node_budget(pairs, tok):
+    """A plan is re-planned with its strategy wrapped (same graphs and caches): same tokens as the
+    reference, fewer target forwards than without jump-forward, never more nodes than its budget."""
+    target, draft = pairs["llama"]
+    spec = hfspec.Regex(FORCED_REGEX, tokenizer=tok)
+    ids, mask = PROMPTS["single"]
+    plan = hfspec.compile(target, hfspec.DraftModel(draft, num_tokens=3), backend="eager", capacity=128)
+    expected = reference(target, ids, mask, spec, tok, 40).tolist()
+    forwards = {}
+    for jump_forward in (True, False):
+        stats = hfspec.SpecStats()
+        out = run(target, ids, mask, spec, plan, 40, jump_forward=jump_forward, speculation_stats=stats)
+        assert out.tolist() == expected, jump_forward
+        forwards[jump_forward] = stats.target_forwards
+        assert stats.drafted <= 3 * stats.target_forwards
+    assert forwards[True] < forwards[False], forwards

@@ -13,19 +13,26 @@ inner budget alone. A forced run's last token is left to the inner strategy when
 starts with it (the model writes ``{"`` where the forced text is ``{``): a mismatch mid-step would
 discard every draft after it. In a batch, only the forced tokens every drafting row shares are taken; rows
 differing there draft them with the inner strategy instead. Needs ``grammar=``.
+
+On by default: ``generate(grammar=...)`` wraps whatever strategy the call has (none included) in
+``JumpForward`` (``with_jump_forward``), since forced tokens are drafts the masked target gives
+p = 1, so proposing them costs nothing and changes no output. ``jump_forward=False`` opts out.
+An inner strategy's ``propose`` is then called several times per step, each time with a view
+that extends the previous one (``on_commit`` once per step).
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import replace
+from typing import Any
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel
 
 from hfspec.exceptions import ConfigurationError
 from hfspec.grammar.compile import prefix_tokens
-from hfspec.proposers.base import Proposal, ProposerSession, SessionContext, StepView, Strategy
+from hfspec.proposers.base import NoDrafts, Proposal, ProposerSession, SessionContext, StepView, Strategy
 
 
 class JumpForward:
@@ -191,3 +198,34 @@ def _pack(rows: list[list[int]], like: torch.Tensor, q_columns: list[torch.Tenso
         if q is not None:
             probs[:, column] = q
     return Proposal(ids=ids, lengths=lengths, probs=probs)
+
+
+def with_jump_forward(strategy: Strategy | None, enabled: Any) -> Strategy | None:
+    """The strategy a ``grammar=`` call runs: ``strategy`` wrapped in ``JumpForward`` when ``enabled``.
+
+    Never wraps twice (a ``JumpForward``, or a compiled plan of one, is returned as is); a compiled
+    plan is re-planned over the same graphs with its strategy wrapped (``CompiledPlan.sharing``),
+    so its node budget and caches still hold. ``enabled=False`` with an explicit ``JumpForward``
+    contradicts itself and raises, as does a non-bool ``enabled``. Pure: builds, never runs."""
+    from hfspec.lowering.plan import CompiledPlan
+
+    check_jump_forward(enabled)
+    inner = strategy.strategy if isinstance(strategy, CompiledPlan) else strategy
+    if isinstance(inner, JumpForward):
+        if not enabled:
+            raise ConfigurationError(
+                f"jump_forward=False contradicts assistant_strategy={strategy!r}, which is jump-forward; "
+                "drop one of them (pass the inner strategy alone to decode without jump-forward)."
+            )
+        return strategy
+    if not enabled:
+        return strategy
+    if isinstance(strategy, CompiledPlan):
+        return strategy.sharing(JumpForward(inner if not isinstance(inner, NoDrafts) else None))
+    return JumpForward(strategy if not isinstance(strategy, NoDrafts) else None)
+
+
+def check_jump_forward(enabled: Any) -> None:
+    """``jump_forward=`` must be a bool (checked before any model work, with or without grammar=)."""
+    if not isinstance(enabled, bool):
+        raise ConfigurationError(f"jump_forward= must be True or False, got {enabled!r} of type {type(enabled).__name__}.")
