@@ -70,7 +70,7 @@ def test_every_grammar_config_is_identical_to_hf_xgrammar(tiny_results):
             assert run["reference"] == "hfspec_draft" and run["identical"] is True
     # hfspec reports the same verdict as the benchmark's own jsonschema check
     for run in runs:
-        if run["config"] in bench_grammar.GRAMMAR_CONFIGS and run["config"] != "hf_xgrammar":
+        if run["config"] in bench_grammar.GRAMMAR_CONFIGS and run["config"].startswith("hfspec"):
             assert run["engine_valid"] == run["valid"]
             assert (run["warning"] is None) == run["valid"]
 
@@ -105,7 +105,7 @@ def test_summary_fields(tiny_results):
     # plain decoding: one target forward per new token; jump-forward never needs more forwards
     assert rows["hf_xgrammar"]["tau"] == pytest.approx(1.0)
     assert rows["hfspec_grammar"]["tau"] == pytest.approx(1.0)
-    jump = {j["with"]: j for j in summary["jump_forward"]}
+    jump = {j["with_jump"]: j for j in summary["jump_forward"]}
     assert set(jump) == set(bench_grammar.JUMP_PAIRS)
     assert jump["hfspec_grammar_jump"]["mean_saved"] >= 0
     assert (
@@ -119,7 +119,7 @@ def test_render_reproduces_the_section(tiny_results, tmp_path):
     copy = tmp_path / "other.md"
     assert cli.main(["render", str(out), "--markdown", str(copy)]) == 0
     key = markdown_lib.section_key(out, copy)
-    assert bench_grammar.render_section(results, key) in copy.read_text()
+    assert bench_grammar.render_section(results, key).split("Every run:")[0] in copy.read_text()  # + figures
 
 
 def test_configs_option_always_adds_the_reference():

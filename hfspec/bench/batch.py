@@ -24,7 +24,7 @@ import dataclasses
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -203,40 +203,69 @@ def compare_rows(
 
 
 # --------------------------------------------------------------------------- summaries
-def summarize(runs: Sequence[BatchRun], configs: Sequence[str]) -> list[dict[str, Any]]:
+@dataclass
+class WaySummary(harness.Record):
+    """Medians over repetitions of one (config, way); tau and acceptance per row, from SpecStats."""
+
+    runs: int = 0
+    calls: int = 0
+    new_tokens: float | None = None  # summed over rows, each up to its first stop token
+    row_new_tokens: dict[str, int] = field(default_factory=dict)
+    wall_s: float | None = None
+    tokens_per_s: float | None = None
+    target_forwards: float | None = None
+    tau: float | None = None
+    acceptance_rate: float | None = None
+
+
+@dataclass
+class BatchSummary(harness.Record):
+    """One config: both ways, the batched / one-by-one throughput ratio, and the identity verdicts."""
+
+    config: str
+    sequential: WaySummary
+    batched: WaySummary
+    batched_over_sequential: float | None = None
+    identical_across_batch: bool | None = None
+    identical_to_plain: bool | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BatchSummary:
+        ways = {way: WaySummary.from_dict(data[way]) for way in WAYS}
+        return super().from_dict({**data, **ways})
+
+
+def summarize(runs: Sequence[BatchRun], configs: Sequence[str]) -> list[BatchSummary]:
     """Per config: medians of each way, the batched/sequential throughput ratio, identity verdicts."""
     rows = []
     for config in configs:
         ways = {way: way_summary([r for r in runs if (r.config, r.way) == (config, way)]) for way in WAYS}
         checks = [r for r in runs if r.config == config]
         rows.append(
-            {
-                "config": config,
+            BatchSummary(
+                config=config,
                 **ways,
-                "batched_over_sequential": harness.ratio(
-                    ways["batched"]["tokens_per_s"], ways["sequential"]["tokens_per_s"]
-                ),
-                "identical_across_batch": _all_true(r.same_as_sequential for r in checks),
-                "identical_to_plain": _all_true(r.same_as_plain for r in checks),
-            }
+                batched_over_sequential=harness.ratio(ways["batched"].tokens_per_s, ways["sequential"].tokens_per_s),
+                identical_across_batch=_all_true(r.same_as_sequential for r in checks),
+                identical_to_plain=_all_true(r.same_as_plain for r in checks),
+            )
         )
     return rows
 
 
-def way_summary(group: Sequence[BatchRun]) -> dict[str, Any]:
-    """Medians over repetitions; tau and acceptance come from SpecStats (tokens per verify step per row)."""
+def way_summary(group: Sequence[BatchRun]) -> WaySummary:
     specs = [r.spec for r in group if r.spec is not None]
-    return {
-        "runs": len(group),
-        "calls": group[0].calls,
-        "new_tokens": harness.median(r.new_tokens for r in group),
-        "row_new_tokens": {p: len(ids) for p, ids in group[0].rows.items()},
-        "wall_s": harness.median(r.wall_s for r in group),
-        "tokens_per_s": harness.median(r.tokens_per_s for r in group),
-        "target_forwards": harness.median(r.target_forwards for r in group),
-        "tau": harness.median(s["tokens_per_step"] for s in specs) if specs else None,
-        "acceptance_rate": harness.median(s["acceptance_rate"] for s in specs) if specs else None,
-    }
+    return WaySummary(
+        runs=len(group),
+        calls=group[0].calls,
+        new_tokens=harness.median(r.new_tokens for r in group),
+        row_new_tokens={p: len(ids) for p, ids in group[0].rows.items()},
+        wall_s=harness.median(r.wall_s for r in group),
+        tokens_per_s=harness.median(r.tokens_per_s for r in group),
+        target_forwards=harness.median(r.target_forwards for r in group),
+        tau=harness.median(s["tokens_per_step"] for s in specs) if specs else None,
+        acceptance_rate=harness.median(s["acceptance_rate"] for s in specs) if specs else None,
+    )
 
 
 def _all_true(checks: Any) -> bool | None:
@@ -283,7 +312,7 @@ def build_results(
             "equals_hf_plain": not any(m["against"] == "hf_plain" for m in found),
             "mismatches": found,
         },
-        "summary": summarize(runs, settings.configs),
+        "summary": [dataclasses.asdict(r) for r in summarize(runs, settings.configs)],
         "outputs": decoded_outputs(runs, workload),
         "warmup": [dataclasses.asdict(r) for r in warmups],
         "runs": [dataclasses.asdict(r) for r in runs],
@@ -320,25 +349,23 @@ TABLE_HEADER = (
 def table_rows(results: dict[str, Any]) -> list[list[str]]:
     """Two rows per config (1 by 1, then batched); the ratio sits on the batched row."""
     size, rows = results["batch"]["size"], []
-    for s in results["summary"]:
+    for s in (BatchSummary.from_dict(d) for d in results["summary"]):
         for way, label in (("sequential", f"1 by 1 ({size} calls)"), ("batched", f"batch of {size}")):
-            w = s[way]
+            w: WaySummary = getattr(s, way)
             identical = (
-                s["identical_to_plain"]
-                if way == "sequential"
-                else _and(s["identical_across_batch"], s["identical_to_plain"])
+                s.identical_to_plain if way == "sequential" else _and(s.identical_across_batch, s.identical_to_plain)
             )
             rows.append(
                 [
-                    s["config"],
+                    s.config,
                     label,
-                    markdown.num(w["new_tokens"], 0),
-                    markdown.num(w["target_forwards"], 0),
-                    markdown.num(w["wall_s"]),
-                    markdown.num(w["tokens_per_s"]),
-                    markdown.times(s["batched_over_sequential"] if way == "batched" else 1.0),
-                    markdown.num(w["tau"]),
-                    markdown.num(w["acceptance_rate"]),
+                    markdown.num(w.new_tokens, 0),
+                    markdown.num(w.target_forwards, 0),
+                    markdown.num(w.wall_s),
+                    markdown.num(w.tokens_per_s),
+                    markdown.times(s.batched_over_sequential if way == "batched" else 1.0),
+                    markdown.num(w.tau),
+                    markdown.num(w.acceptance_rate),
                     markdown.yes_no(identical),
                 ]
             )

@@ -15,10 +15,12 @@ exactly in tests/test_grammar_engine.py instead.)
 Configurations::
 
     hf_xgrammar                target.generate(..., logits_processor=[xgrammar.contrib.hf.LogitsProcessor])
-    hfspec_grammar             custom_generate=hfspec.generate, grammar=spec, no assistant_strategy
-    hfspec_grammar_draft       ... assistant_strategy=DraftModel(draft, num_tokens=K)
-    hfspec_grammar_lookup      ... assistant_strategy=PromptLookup(num_tokens=K_lookup)
-    hfspec_grammar_jump        ... assistant_strategy=JumpForward()
+    hf_assisted_grammar        target.generate(..., assistant_model=draft, logits_processor=[hfspec.GrammarLogitsProcessor])
+    hf_prompt_lookup_grammar   target.generate(..., prompt_lookup_num_tokens=K_lookup, logits_processor=[hfspec.GrammarLogitsProcessor])
+    hfspec_grammar             custom_generate=hfspec.generate, grammar=spec, no assistant_strategy, jump_forward=False
+    hfspec_grammar_draft       ... assistant_strategy=DraftModel(draft, num_tokens=K), jump_forward=False
+    hfspec_grammar_lookup      ... assistant_strategy=PromptLookup(num_tokens=K_lookup), jump_forward=False
+    hfspec_grammar_jump        ... assistant_strategy=JumpForward() (what grammar= alone does by default)
     hfspec_grammar_jump_draft  ... assistant_strategy=JumpForward(DraftModel(draft, num_tokens=K))
     hfspec_grammar_jump_lookup ... assistant_strategy=JumpForward(PromptLookup(num_tokens=K_lookup))
     hfspec_draft               DraftModel without grammar (unconstrained reference)
@@ -32,6 +34,7 @@ models, the tiny JSON tokenizer and two hand-written schemas (seconds; the numbe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -54,6 +57,8 @@ SCHEMA = "hfspec-bench-grammar/1"
 BASELINE = "hf_xgrammar"
 GRAMMAR_CONFIGS = (
     "hf_xgrammar",
+    "hf_assisted_grammar",
+    "hf_prompt_lookup_grammar",
     "hfspec_grammar",
     "hfspec_grammar_draft",
     "hfspec_grammar_lookup",
@@ -61,6 +66,10 @@ GRAMMAR_CONFIGS = (
     "hfspec_grammar_jump_draft",
     "hfspec_grammar_jump_lookup",
 )
+# HF's own speculative methods with hfspec's processor (xgrammar's raises under assisted generation)
+HF_SPECULATIVE_GRAMMAR = ("hf_assisted_grammar", "hf_prompt_lookup_grammar")
+# hfspec configs that opt out of jump-forward (the default under grammar=) to show what it saves
+NO_JUMP = ("hfspec_grammar", "hfspec_grammar_draft", "hfspec_grammar_lookup")
 UNCONSTRAINED_CONFIGS = ("hfspec_draft", "hfspec_lookup")
 CONFIGS = GRAMMAR_CONFIGS + UNCONSTRAINED_CONFIGS
 # grammar config -> the unconstrained config running the same proposer
@@ -480,9 +489,19 @@ def strategy_settings(settings: GrammarBenchSettings) -> dict[str, dict[str, Any
             "class": "xgrammar.contrib.hf.LogitsProcessor",
             "stop_tokens": "eos_token_id",
         },
-        "hfspec_grammar": {"class": "no strategy"},
-        "hfspec_grammar_draft": draft,
-        "hfspec_grammar_lookup": lookup,
+        "hf_assisted_grammar": {
+            "class": "hfspec.GrammarLogitsProcessor",
+            "assistant_model": "draft",
+            "num_assistant_tokens": settings.draft_tokens,
+            "num_assistant_tokens_schedule": "constant",
+        },
+        "hf_prompt_lookup_grammar": {
+            "class": "hfspec.GrammarLogitsProcessor",
+            "prompt_lookup_num_tokens": settings.lookup_tokens,
+        },
+        "hfspec_grammar": {"class": "no strategy", "jump_forward": False},
+        "hfspec_grammar_draft": {**draft, "jump_forward": False},
+        "hfspec_grammar_lookup": {**lookup, "jump_forward": False},
         "hfspec_grammar_jump": {"class": "JumpForward"},
         "hfspec_grammar_jump_draft": {
             "class": "JumpForward",
@@ -535,6 +554,16 @@ class GrammarRunner:
             )  # cached after warm-up
             processor = TimedXGrammarProcessor(compiled, workload.eos_token_ids)
             kwargs["logits_processor"] = LogitsProcessorList([processor])
+        elif config in HF_SPECULATIVE_GRAMMAR:
+            # a fresh processor per call: lazily compiled per scores width (target and assistant may differ)
+            grammar = hfspec.GrammarLogitsProcessor(
+                case.spec, workload.tokenizer, eos_token_id=workload.eos_token_ids
+            )
+            kwargs["logits_processor"] = LogitsProcessorList([grammar])
+            if config == "hf_assisted_grammar":
+                kwargs["assistant_model"] = workload.draft
+            else:
+                kwargs["prompt_lookup_num_tokens"] = self.settings.lookup_tokens
         elif config in CONFIGS:
             kwargs |= {
                 "custom_generate": hfspec.generate,
@@ -543,10 +572,17 @@ class GrammarRunner:
             }
             if config in GRAMMAR_CONFIGS:
                 kwargs |= {"grammar": case.spec, "on_incomplete": "flag"}
+            if config in NO_JUMP:
+                kwargs["jump_forward"] = False
         else:
             raise hfspec.ConfigurationError(f"unknown config {config!r}; choose from {CONFIGS}")
         inputs = {"input_ids": case.input_ids, "attention_mask": torch.ones_like(case.input_ids)}
-        with warnings.catch_warnings(record=True) as caught:
+        guard = (
+            speed.assistant_length(workload.draft, self.settings.draft_tokens)
+            if config == "hf_assisted_grammar"
+            else contextlib.nullcontext()
+        )
+        with guard, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", hfspec.IncompleteOutputWarning)
             self.counter.count = 0
             self.first_forward_end = None
@@ -591,7 +627,7 @@ class GrammarRunner:
             run.engine_valid = bool(out.grammar_valid[0])
         if processor is not None:
             self._set_grammar_time(run, processor.seconds, processor.calls)
-        elif config in CONFIGS and config != BASELINE:
+        elif config in CONFIGS and config not in (BASELINE, *HF_SPECULATIVE_GRAMMAR):
             run.spec = {
                 **speed.spec_summary(stats),
                 "acceptance_rate": stats.acceptance_rate if stats.drafted else None,
@@ -657,21 +693,82 @@ def mark_identity(runs: Sequence[GrammarRun]) -> None:
 
 
 # --------------------------------------------------------------------------- summaries
-def _median(values: Sequence[float | None]) -> float | None:
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
+@dataclass
+class SchemaRow(harness.Record):
+    """Medians over the repetitions of one (schema, config), with its ratios."""
+
+    schema: str
+    config: str
+    runs: int = 0
+    tokens_per_s: float | None = None
+    decode_tokens_per_s: float | None = None  # after the first target forward
+    wall_s: float | None = None
+    new_tokens: float | None = None
+    target_forwards: float | None = None
+    tau: float | None = None
+    acceptance_rate: float | None = None
+    grammar_us_per_mask: float | None = None
+    grammar_us_per_token: float | None = None
+    complete: int = 0  # runs that stopped on EOS
+    valid: int = 0  # ... and validate against the schema
+    reference: str | None = None  # the config whose greedy output this one must equal
+    identical: bool | None = None
+    speedup_vs_hf_xgrammar: float | None = None
+    speedup_vs_best_hf: float | None = None  # over the fastest HF + grammar config on the schema
+    ratio_vs_unconstrained: float | None = None  # over the same proposer without a grammar
+    decode_ratio_vs_unconstrained: float | None = None
 
 
-def _mean(values: Sequence[float | None]) -> float | None:
-    values = [v for v in values if v is not None]
-    return statistics.fmean(values) if values else None
+@dataclass
+class ConfigRow(harness.Record):
+    """One config over every schema: geometric means of rates and ratios, means of counts."""
+
+    config: str
+    schemas: int = 0
+    tokens_per_s: float | None = None
+    tau: float | None = None
+    speedup_vs_hf_xgrammar: float | None = None
+    speedup_vs_best_hf: float | None = None
+    unconstrained: str | None = None
+    ratio_vs_unconstrained: float | None = None
+    decode_tokens_per_s: float | None = None
+    decode_ratio_vs_unconstrained: float | None = None
+    mean_target_forwards: float | None = None
+    mean_new_tokens: float | None = None
+    acceptance_rate: float | None = None
+    grammar_us_per_mask: float | None = None
+    grammar_us_per_token: float | None = None
+    runs: int = 0
+    complete: int = 0
+    valid: int = 0
+    reference: str | None = None
+    identical: bool | None = None
 
 
-def per_schema_rows(runs: Sequence[GrammarRun], configs: Sequence[str]) -> list[dict[str, Any]]:
-    """Medians per (schema, config), with ratios against hf_xgrammar and the unconstrained strategy."""
-    schemas = list(dict.fromkeys(r.schema for r in runs))
+@dataclass
+class JumpSaving(harness.Record):
+    """Target forwards per schema of a config without vs with jump-forward (same outputs under greedy)."""
+
+    with_jump: str
+    without: str
+    schemas: int = 0
+    mean_forwards_without: float | None = None
+    mean_forwards_with: float | None = None
+    mean_saved: float | None = None
+    saved_fraction: float | None = None
+    speedup: float | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JumpSaving:
+        if "with" in data:  # files written before the record was typed
+            data = {**data, "with_jump": data["with"]}
+        return super().from_dict(data)
+
+
+def per_schema_rows(runs: Sequence[GrammarRun], configs: Sequence[str]) -> list[SchemaRow]:
+    """Medians per (schema, config), with ratios against the HF baselines and the unconstrained strategy."""
     rows = []
-    for schema in schemas:
+    for schema in dict.fromkeys(r.schema for r in runs):
         for config in configs:
             group = [r for r in runs if (r.schema, r.config) == (schema, config)]
             if not group:
@@ -679,119 +776,118 @@ def per_schema_rows(runs: Sequence[GrammarRun], configs: Sequence[str]) -> list[
             specs = [r.spec for r in group if r.spec is not None]
             identical = [r.identical for r in group if r.identical is not None]
             rows.append(
-                {
-                    "schema": schema,
-                    "config": config,
-                    "runs": len(group),
-                    "tokens_per_s": statistics.median(r.tokens_per_s for r in group),
-                    "decode_tokens_per_s": _median([r.decode_tokens_per_s for r in group]),
-                    "wall_s": statistics.median(r.wall_s for r in group),
-                    "new_tokens": statistics.median(r.new_tokens for r in group),
-                    "target_forwards": statistics.median(r.target_forwards for r in group),
-                    "tau": statistics.median(r.tau for r in group),
-                    "acceptance_rate": _median([s["acceptance_rate"] for s in specs]),
-                    "grammar_us_per_mask": _median([r.grammar_us_per_mask for r in group]),
-                    "grammar_us_per_token": _median([r.grammar_us_per_token for r in group]),
-                    "complete": sum(r.complete for r in group),
-                    "valid": sum(r.valid for r in group),
-                    "reference": group[0].reference,
-                    "identical": all(identical) if identical else None,
-                }
+                SchemaRow(
+                    schema=schema,
+                    config=config,
+                    runs=len(group),
+                    tokens_per_s=harness.median(r.tokens_per_s for r in group),
+                    decode_tokens_per_s=harness.median(r.decode_tokens_per_s for r in group),
+                    wall_s=harness.median(r.wall_s for r in group),
+                    new_tokens=harness.median(r.new_tokens for r in group),
+                    target_forwards=harness.median(r.target_forwards for r in group),
+                    tau=harness.median(r.tau for r in group),
+                    acceptance_rate=harness.median(s["acceptance_rate"] for s in specs),
+                    grammar_us_per_mask=harness.median(r.grammar_us_per_mask for r in group),
+                    grammar_us_per_token=harness.median(r.grammar_us_per_token for r in group),
+                    complete=sum(r.complete for r in group),
+                    valid=sum(r.valid for r in group),
+                    reference=group[0].reference,
+                    identical=all(identical) if identical else None,
+                )
             )
-    by_key = {(r["schema"], r["config"]): r for r in rows}
+    by_key = {(r.schema, r.config): r for r in rows}
     for row in rows:
-        base = by_key.get((row["schema"], BASELINE))
-        free = by_key.get((row["schema"], UNCONSTRAINED_OF.get(row["config"], "")))
-        row["speedup_vs_hf_xgrammar"] = harness.ratio(
-            row["tokens_per_s"], base["tokens_per_s"] if base else None
-        )
-        row["ratio_vs_unconstrained"] = harness.ratio(
-            row["tokens_per_s"], free["tokens_per_s"] if free else None
-        )
-        row["decode_ratio_vs_unconstrained"] = harness.ratio(
-            row["decode_tokens_per_s"], free["decode_tokens_per_s"] if free else None
+        base = by_key.get((row.schema, BASELINE))
+        free = by_key.get((row.schema, UNCONSTRAINED_OF.get(row.config, "")))
+        hf = [by_key[k].tokens_per_s for c in (BASELINE, *HF_SPECULATIVE_GRAMMAR) if (k := (row.schema, c)) in by_key]
+        row.speedup_vs_hf_xgrammar = harness.ratio(row.tokens_per_s, base.tokens_per_s if base else None)
+        row.speedup_vs_best_hf = harness.ratio(row.tokens_per_s, max(hf) if hf else None)
+        row.ratio_vs_unconstrained = harness.ratio(row.tokens_per_s, free.tokens_per_s if free else None)
+        row.decode_ratio_vs_unconstrained = harness.ratio(
+            row.decode_tokens_per_s, free.decode_tokens_per_s if free else None
         )
     return rows
 
 
-def config_rows(
-    rows: Sequence[dict[str, Any]], runs: Sequence[GrammarRun], configs: Sequence[str]
-) -> list[dict[str, Any]]:
+def config_rows(rows: Sequence[SchemaRow], runs: Sequence[GrammarRun], configs: Sequence[str]) -> list[ConfigRow]:
     """Per config over schemas: geomeans of rates and ratios, means of forwards and grammar time, counts."""
     out = []
     for config in configs:
-        group = [r for r in rows if r["config"] == config]
+        group = [r for r in rows if r.config == config]
         timed = [r for r in runs if r.config == config]
         if not group:
             continue
-        identical = [r["identical"] for r in group if r["identical"] is not None]
+        identical = [r.identical for r in group if r.identical is not None]
         out.append(
-            {
-                "config": config,
-                "schemas": len(group),
-                "tokens_per_s": harness.geomean(r["tokens_per_s"] for r in group),
-                "tau": harness.geomean(r["tau"] for r in group),
-                "speedup_vs_hf_xgrammar": harness.geomean(r["speedup_vs_hf_xgrammar"] for r in group),
-                "unconstrained": UNCONSTRAINED_OF.get(config),
-                "ratio_vs_unconstrained": harness.geomean(r["ratio_vs_unconstrained"] for r in group),
-                "decode_tokens_per_s": harness.geomean(r["decode_tokens_per_s"] for r in group),
-                "decode_ratio_vs_unconstrained": harness.geomean(
-                    r["decode_ratio_vs_unconstrained"] for r in group
-                ),
-                "mean_target_forwards": _mean([r["target_forwards"] for r in group]),
-                "mean_new_tokens": _mean([r["new_tokens"] for r in group]),
-                "acceptance_rate": _mean([r["acceptance_rate"] for r in group]),
-                "grammar_us_per_mask": _mean([r["grammar_us_per_mask"] for r in group]),
-                "grammar_us_per_token": _mean([r["grammar_us_per_token"] for r in group]),
-                "runs": len(timed),
-                "complete": sum(r.complete for r in timed),
-                "valid": sum(r.valid for r in timed),
-                "reference": group[0]["reference"],
-                "identical": all(identical) if identical else None,
-            }
+            ConfigRow(
+                config=config,
+                schemas=len(group),
+                tokens_per_s=harness.geomean(r.tokens_per_s for r in group),
+                tau=harness.geomean(r.tau for r in group),
+                speedup_vs_hf_xgrammar=harness.geomean(r.speedup_vs_hf_xgrammar for r in group),
+                speedup_vs_best_hf=harness.geomean(r.speedup_vs_best_hf for r in group),
+                unconstrained=UNCONSTRAINED_OF.get(config),
+                ratio_vs_unconstrained=harness.geomean(r.ratio_vs_unconstrained for r in group),
+                decode_tokens_per_s=harness.geomean(r.decode_tokens_per_s for r in group),
+                decode_ratio_vs_unconstrained=harness.geomean(r.decode_ratio_vs_unconstrained for r in group),
+                mean_target_forwards=harness.mean(r.target_forwards for r in group),
+                mean_new_tokens=harness.mean(r.new_tokens for r in group),
+                acceptance_rate=harness.mean(r.acceptance_rate for r in group),
+                grammar_us_per_mask=harness.mean(r.grammar_us_per_mask for r in group),
+                grammar_us_per_token=harness.mean(r.grammar_us_per_token for r in group),
+                runs=len(timed),
+                complete=sum(r.complete for r in timed),
+                valid=sum(r.valid for r in timed),
+                reference=group[0].reference,
+                identical=all(identical) if identical else None,
+            )
         )
     return out
 
 
-def jump_forward_savings(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def jump_forward_savings(rows: Sequence[SchemaRow]) -> list[JumpSaving]:
     """Target forwards per schema without vs with jump-forward (same outputs under greedy)."""
     out = []
     for with_jump, without in JUMP_PAIRS.items():
         pairs = [
-            (a, b)
-            for a in rows
-            if a["config"] == without
-            for b in rows
-            if b["config"] == with_jump and b["schema"] == a["schema"]
+            (a, b) for a in rows if a.config == without for b in rows if b.config == with_jump and b.schema == a.schema
         ]
         if not pairs:
             continue
-        before = statistics.fmean(a["target_forwards"] for a, _ in pairs)
-        after = statistics.fmean(b["target_forwards"] for _, b in pairs)
+        before = statistics.fmean(a.target_forwards for a, _ in pairs)
+        after = statistics.fmean(b.target_forwards for _, b in pairs)
         out.append(
-            {
-                "with": with_jump,
-                "without": without,
-                "schemas": len(pairs),
-                "mean_forwards_without": before,
-                "mean_forwards_with": after,
-                "mean_saved": before - after,
-                "saved_fraction": (before - after) / before if before else None,
-                "speedup": harness.geomean(
-                    b["tokens_per_s"] / a["tokens_per_s"] for a, b in pairs if a["tokens_per_s"]
-                ),
-            }
+            JumpSaving(
+                with_jump=with_jump,
+                without=without,
+                schemas=len(pairs),
+                mean_forwards_without=before,
+                mean_forwards_with=after,
+                mean_saved=before - after,
+                saved_fraction=(before - after) / before if before else None,
+                speedup=harness.geomean(b.tokens_per_s / a.tokens_per_s for a, b in pairs if a.tokens_per_s),
+            )
         )
     return out
 
 
 def summarize(runs: Sequence[GrammarRun], configs: Sequence[str]) -> dict[str, Any]:
+    """The results file's "summary": per config, jump-forward savings, per schema (records as dicts)."""
     rows = per_schema_rows(runs, configs)
     return {
-        "configs": config_rows(rows, runs, configs),
-        "jump_forward": jump_forward_savings(rows),
-        "per_schema": rows,
+        "configs": [dataclasses.asdict(c) for c in config_rows(rows, runs, configs)],
+        "jump_forward": [dataclasses.asdict(j) for j in jump_forward_savings(rows)],
+        "per_schema": [dataclasses.asdict(r) for r in rows],
     }
+
+
+def read_summary(results: dict[str, Any]) -> tuple[list[ConfigRow], list[JumpSaving], list[SchemaRow]]:
+    summary = results["summary"]
+    return (
+        [ConfigRow.from_dict(c) for c in summary["configs"]],
+        [JumpSaving.from_dict(j) for j in summary["jump_forward"]],
+        [SchemaRow.from_dict(r) for r in summary["per_schema"]],
+    )
 
 
 # --------------------------------------------------------------------------- results file
@@ -864,6 +960,7 @@ SUMMARY_HEADER = (
     "tok/s",
     "tau",
     "x hf_xgrammar",
+    "x best HF + grammar",
     "x unconstrained",
     "decode tok/s",
     "decode x unconstrained",
@@ -882,6 +979,7 @@ PER_SCHEMA_HEADER = (
     "new tokens",
     "target fwd",
     "x hf_xgrammar",
+    "x best HF + grammar",
     "accept",
     "grammar µs/token",
     "valid",
@@ -890,54 +988,54 @@ PER_SCHEMA_HEADER = (
 
 
 def summary_table(results: dict[str, Any]) -> list[list[str]]:
-    jump = {j["with"]: j for j in results["summary"]["jump_forward"]}
-    rows = []
-    for c in results["summary"]["configs"]:
-        saved = jump.get(c["config"])
-        rows.append(
-            [
-                c["config"],
-                markdown.num(c["tokens_per_s"]),
-                markdown.num(c["tau"]),
-                markdown.times(c["speedup_vs_hf_xgrammar"]),
-                f"{markdown.times(c['ratio_vs_unconstrained'])} ({c['unconstrained']})"
-                if c["unconstrained"]
-                else "–",
-                markdown.num(c.get("decode_tokens_per_s")),
-                markdown.times(c.get("decode_ratio_vs_unconstrained")) if c["unconstrained"] else "–",
-                markdown.num(c["mean_target_forwards"], 1),
-                _saved(saved),
-                markdown.num(c["acceptance_rate"]),
-                markdown.num(c["grammar_us_per_token"], 1),
-                f"{c['valid']}/{c['runs']} ({c['complete']} complete)",
-                markdown.yes_no(c["identical"]),
-            ]
-        )
-    return rows
+    configs, jumps, _ = read_summary(results)
+    jump = {j.with_jump: j for j in jumps}
+    return [
+        [
+            c.config,
+            markdown.num(c.tokens_per_s),
+            markdown.num(c.tau),
+            markdown.times(c.speedup_vs_hf_xgrammar),
+            markdown.times(c.speedup_vs_best_hf),
+            f"{markdown.times(c.ratio_vs_unconstrained)} ({c.unconstrained})" if c.unconstrained else "–",
+            markdown.num(c.decode_tokens_per_s),
+            markdown.times(c.decode_ratio_vs_unconstrained) if c.unconstrained else "–",
+            markdown.num(c.mean_target_forwards, 1),
+            _saved(jump.get(c.config)),
+            markdown.num(c.acceptance_rate),
+            markdown.num(c.grammar_us_per_token, 1),
+            f"{c.valid}/{c.runs} ({c.complete} complete)",
+            markdown.yes_no(c.identical),
+        ]
+        for c in configs
+    ]
 
 
-def _saved(jump: dict[str, Any] | None) -> str:
-    if jump is None:
+def _saved(jump: JumpSaving | None) -> str:
+    if jump is None or jump.mean_saved is None:
         return "–"
-    return f"{jump['mean_saved']:.1f} ({100 * (jump['saved_fraction'] or 0):.0f} %)"
+    return f"{jump.mean_saved:.1f} ({100 * (jump.saved_fraction or 0):.0f} %)"
 
 
 def per_schema_table(results: dict[str, Any]) -> list[list[str]]:
+    return [_schema_cells(r.schema, r, r.new_tokens, r.target_forwards, f"{r.valid}/{r.runs}") for r in read_summary(results)[2]]
+
+
+def _schema_cells(label: str, r: SchemaRow | ConfigRow, new_tokens, forwards, valid: str) -> list[str]:
+    """One PER_SCHEMA_HEADER row (a schema's medians, or a config's means on the console)."""
     return [
-        [
-            r["schema"],
-            r["config"],
-            markdown.num(r["tokens_per_s"]),
-            markdown.num(r["tau"]),
-            markdown.num(r["new_tokens"], 0),
-            markdown.num(r["target_forwards"], 0),
-            markdown.times(r["speedup_vs_hf_xgrammar"]),
-            markdown.num(r["acceptance_rate"]),
-            markdown.num(r["grammar_us_per_token"], 1),
-            f"{r['valid']}/{r['runs']}",
-            markdown.yes_no(r["identical"]),
-        ]
-        for r in results["summary"]["per_schema"]
+        label,
+        r.config,
+        markdown.num(r.tokens_per_s),
+        markdown.num(r.tau),
+        markdown.num(new_tokens, 0),
+        markdown.num(forwards, 0 if isinstance(r, SchemaRow) else 1),
+        markdown.times(r.speedup_vs_hf_xgrammar),
+        markdown.times(r.speedup_vs_best_hf),
+        markdown.num(r.acceptance_rate),
+        markdown.num(r.grammar_us_per_token, 1),
+        valid,
+        markdown.yes_no(r.identical),
     ]
 
 
@@ -988,7 +1086,12 @@ def render_section(results: dict[str, Any], key: str) -> str:
         "",
         "hf_xgrammar is plain `generate` with `xgrammar.contrib.hf.LogitsProcessor` (its matchers stopping "
         "on the "
-        "call's EOS ids, as hfspec's do); hfspec_draft and hfspec_lookup are the same strategies without a "
+        "call's EOS ids, as hfspec's do). hf_assisted_grammar and hf_prompt_lookup_grammar are HF's own "
+        "assisted generation (the draft model) and prompt lookup with `hfspec.GrammarLogitsProcessor` "
+        "(xgrammar's processor raises there: it cannot roll back); \"x best HF + grammar\" is tok/s over the "
+        "fastest of those three on the same schema. hfspec_grammar, _draft and _lookup pass "
+        "`jump_forward=False`; the _jump configs jump forward (the default under `grammar=`). "
+        "hfspec_draft and hfspec_lookup are the same strategies without a "
         'grammar. tau = new tokens / target forwards (forward hook, prefill included). "x unconstrained" is '
         "tok/s over the unconstrained config with the same proposer (their outputs differ). "
         '"decode tok/s" counts only what follows the first target forward (the one that reads the prompt): '
@@ -1018,24 +1121,12 @@ def render_section(results: dict[str, Any], key: str) -> str:
 
 def print_report(results: dict[str, Any], file: Any = None) -> None:
     """Per-schema rows then the per-config summary (bold), plus a loud warning on any mismatch."""
-    per_schema = [[*r[:10], r[10].strip("*")] for r in per_schema_table(results)]
+    configs, jumps, _ = read_summary(results)
     summary = [
-        [
-            "geomean",
-            c["config"],
-            markdown.num(c["tokens_per_s"]),
-            markdown.num(c["tau"]),
-            markdown.num(c["mean_new_tokens"], 0),
-            markdown.num(c["mean_target_forwards"], 1),
-            markdown.times(c["speedup_vs_hf_xgrammar"]),
-            markdown.num(c["acceptance_rate"]),
-            markdown.num(c["grammar_us_per_token"], 1),
-            f"{c['valid']}/{c['runs']}",
-            markdown.yes_no(c["identical"]).strip("*"),
-        ]
-        for c in results["summary"]["configs"]
+        _schema_cells("geomean", c, c.mean_new_tokens, c.mean_target_forwards, f"{c.valid}/{c.runs}") for c in configs
     ]
-    rows = per_schema + summary
+    per_schema = per_schema_table(results)
+    rows = [[*r[:-1], r[-1].strip("*")] for r in per_schema + summary]
     markdown.print_table(
         f"hfspec bench-grammar: {results['name']}",
         PER_SCHEMA_HEADER,
@@ -1044,10 +1135,10 @@ def print_report(results: dict[str, Any], file: Any = None) -> None:
         bold=[i >= len(per_schema) for i in range(len(rows))],
         file=file,
     )
-    for j in results["summary"]["jump_forward"]:
+    for j in jumps:
         print(
-            f"jump-forward: {j['with']} {j['mean_forwards_with']:.1f} target forwards/schema vs "
-            f"{j['without']} {j['mean_forwards_without']:.1f} (saved {j['mean_saved']:.1f})",
+            f"jump-forward: {j.with_jump} {j.mean_forwards_with:.1f} target forwards/schema vs "
+            f"{j.without} {j.mean_forwards_without:.1f} (saved {j.mean_saved:.1f})",
             file=file or sys.stdout,
         )
     if results["all_identical"] is False:

@@ -10,6 +10,7 @@ does (``run``) and which configuration is whose reference; the rest is here.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -130,6 +131,20 @@ def first_difference(a: Sequence[int], b: Sequence[int]) -> int:
         if x != y:
             return i
     return min(len(a), len(b))
+
+
+# --------------------------------------------------------------------------- records
+class Record:
+    """A typed row of a results file: written with ``dataclasses.asdict``, read back with ``from_dict``.
+
+    ``from_dict`` ignores keys it does not know and leaves missing ones at their defaults, so a
+    renderer reads results files written before a field was added (or after one was dropped).
+    """
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 # --------------------------------------------------------------------------- statistics

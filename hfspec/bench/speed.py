@@ -579,50 +579,92 @@ def mark_identity(runs: list[RunRecord]) -> None:
 
 
 # --------------------------------------------------------------------------- summaries
-def summarize(runs: Sequence[RunRecord]) -> list[dict[str, Any]]:
-    """Median per (mode, prompt, config) and speedups against hf_plain and the best HF speculative config."""
+@dataclass
+class SummaryRow(harness.Record):
+    """Medians over the repetitions of one (mode, prompt, config), and its speedups."""
+
+    mode: str
+    prompt: str
+    config: str
+    runs: int = 0
+    tokens_per_s: float | None = None
+    wall_s: float | None = None
+    new_tokens: float | None = None
+    tau: float | None = None
+    decode_tokens_per_s: float | None = None  # --split-prefill: tokens after the first / time after it
+    spec_tokens_per_step: float | None = None  # hfspec configs: SpecStats.tokens_per_step
+    acceptance_rate: float | None = None
+    identical: bool | None = None  # greedy: every repetition equal to hf_plain's output
+    speedup_vs_plain: float | None = None
+    speedup_vs_best_hf: float | None = None  # over the fastest of HF's built-ins on the prompt
+    decode_speedup_vs_plain: float | None = None
+    decode_speedup_vs_best_hf: float | None = None
+
+
+@dataclass
+class GeomeanRow(harness.Record):
+    """Geometric means over prompts of one (mode, config): the fair average of ratios."""
+
+    mode: str
+    config: str
+    prompts: int = 0
+    tokens_per_s: float | None = None
+    tau: float | None = None
+    speedup_vs_plain: float | None = None
+    speedup_vs_best_hf: float | None = None
+    decode_speedup_vs_plain: float | None = None
+    decode_speedup_vs_best_hf: float | None = None
+    identical: bool | None = None
+
+
+def summarize(runs: Sequence[RunRecord]) -> list[SummaryRow]:
+    """Median per (mode, prompt, config) and speedups against hf_plain and the best HF built-in config."""
     groups: dict[tuple[str, str, str], list[RunRecord]] = {}
     for run in runs:
         groups.setdefault((run.mode, run.prompt, run.config), []).append(run)
     prompt_order = {name: i for i, name in enumerate(dict.fromkeys(r.prompt for r in runs))}
     ordered = sorted(groups, key=lambda k: (_index(MODES, k[0]), prompt_order[k[1]], _index(CONFIGS, k[2])))
     rows = [_summary_row(key, groups[key]) for key in ordered]
-    by_key = {(r["mode"], r["prompt"], r["config"]): r for r in rows}
+    by_key = {(r.mode, r.prompt, r.config): r for r in rows}
     for row in rows:
-        plain = by_key.get((row["mode"], row["prompt"], "hf_plain"))
-        for rate, prefix in (("tokens_per_s", ""), ("decode_tokens_per_s", "decode_")):
-            hf_best = [
-                by_key[k][rate]
-                for c in HF_SPECULATIVE
-                if (k := (row["mode"], row["prompt"], c)) in by_key and by_key[k][rate] is not None
-            ]
-            row[f"{prefix}speedup_vs_plain"] = harness.ratio(row[rate], plain[rate] if plain else None)
-            row[f"{prefix}speedup_vs_best_hf"] = harness.ratio(row[rate], max(hf_best) if hf_best else None)
+        plain = by_key.get((row.mode, row.prompt, "hf_plain"))
+        hf = [by_key[k] for c in HF_SPECULATIVE if (k := (row.mode, row.prompt, c)) in by_key]
+        row.speedup_vs_plain = harness.ratio(row.tokens_per_s, plain.tokens_per_s if plain else None)
+        row.speedup_vs_best_hf = harness.ratio(row.tokens_per_s, _best(r.tokens_per_s for r in hf))
+        row.decode_speedup_vs_plain = harness.ratio(
+            row.decode_tokens_per_s, plain.decode_tokens_per_s if plain else None
+        )
+        row.decode_speedup_vs_best_hf = harness.ratio(row.decode_tokens_per_s, _best(r.decode_tokens_per_s for r in hf))
     return rows
+
+
+def _best(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return max(values) if values else None
 
 
 def _index(options: Sequence[str], value: str) -> int:
     return options.index(value) if value in options else len(options)
 
 
-def _summary_row(key: tuple[str, str, str], group: Sequence[RunRecord]) -> dict[str, Any]:
+def _summary_row(key: tuple[str, str, str], group: Sequence[RunRecord]) -> SummaryRow:
     mode, prompt, config = key
     identical = [r.identical for r in group if r.identical is not None]
     specs = [r.spec for r in group if r.spec is not None]
-    return {
-        "mode": mode,
-        "prompt": prompt,
-        "config": config,
-        "runs": len(group),
-        "tokens_per_s": statistics.median(r.tokens_per_s for r in group),
-        "wall_s": statistics.median(r.wall_s for r in group),
-        "new_tokens": statistics.median(r.new_tokens for r in group),
-        "tau": statistics.median(r.tau for r in group),
-        "decode_tokens_per_s": _decode_rate(group),
-        "spec_tokens_per_step": statistics.median(s["tokens_per_step"] for s in specs) if specs else None,
-        "acceptance_rate": statistics.median(s["acceptance_rate"] for s in specs) if specs else None,
-        "identical": all(identical) if identical else None,
-    }
+    return SummaryRow(
+        mode=mode,
+        prompt=prompt,
+        config=config,
+        runs=len(group),
+        tokens_per_s=statistics.median(r.tokens_per_s for r in group),
+        wall_s=statistics.median(r.wall_s for r in group),
+        new_tokens=statistics.median(r.new_tokens for r in group),
+        tau=statistics.median(r.tau for r in group),
+        decode_tokens_per_s=_decode_rate(group),
+        spec_tokens_per_step=statistics.median(s["tokens_per_step"] for s in specs) if specs else None,
+        acceptance_rate=statistics.median(s["acceptance_rate"] for s in specs) if specs else None,
+        identical=all(identical) if identical else None,
+    )
 
 
 def _decode_rate(group: Sequence[RunRecord]) -> float | None:
@@ -635,28 +677,28 @@ def _decode_rate(group: Sequence[RunRecord]) -> float | None:
     return statistics.median(rates) if rates else None
 
 
-def geomean_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def geomean_rows(rows: Sequence[SummaryRow]) -> list[GeomeanRow]:
     """Geometric mean over prompts per (mode, config): the fair average of ratios."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str], list[SummaryRow]] = {}
     for row in rows:
-        groups.setdefault((row["mode"], row["config"]), []).append(row)
+        groups.setdefault((row.mode, row.config), []).append(row)
     out = []
     for mode, config in sorted(groups, key=lambda k: (_index(MODES, k[0]), _index(CONFIGS, k[1]))):
         group = groups[(mode, config)]
-        identical = [r["identical"] for r in group if r["identical"] is not None]
+        identical = [r.identical for r in group if r.identical is not None]
         out.append(
-            {
-                "mode": mode,
-                "config": config,
-                "prompts": len(group),
-                "tokens_per_s": harness.geomean(r["tokens_per_s"] for r in group),
-                "tau": harness.geomean(r["tau"] for r in group),
-                "speedup_vs_plain": harness.geomean(r["speedup_vs_plain"] for r in group),
-                "speedup_vs_best_hf": harness.geomean(r["speedup_vs_best_hf"] for r in group),
-                "decode_speedup_vs_plain": harness.geomean(r.get("decode_speedup_vs_plain") for r in group),
-                "decode_speedup_vs_best_hf": harness.geomean(r.get("decode_speedup_vs_best_hf") for r in group),
-                "identical": all(identical) if identical else None,
-            }
+            GeomeanRow(
+                mode=mode,
+                config=config,
+                prompts=len(group),
+                tokens_per_s=harness.geomean(r.tokens_per_s for r in group),
+                tau=harness.geomean(r.tau for r in group),
+                speedup_vs_plain=harness.geomean(r.speedup_vs_plain for r in group),
+                speedup_vs_best_hf=harness.geomean(r.speedup_vs_best_hf for r in group),
+                decode_speedup_vs_plain=harness.geomean(r.decode_speedup_vs_plain for r in group),
+                decode_speedup_vs_best_hf=harness.geomean(r.decode_speedup_vs_best_hf for r in group),
+                identical=all(identical) if identical else None,
+            )
         )
     return out
 
@@ -753,8 +795,8 @@ def build_results(
         "compile": {**compile_report(warmups), **(
             {"hfspec target graph (first call)": workload.plan.target.compile_seconds} if workload.plan is not None else {}
         )},
-        "summary": rows,
-        "geomean": geomean_rows(rows),
+        "summary": [dataclasses.asdict(r) for r in rows],
+        "geomean": [dataclasses.asdict(g) for g in geomean_rows(rows)],
         "outputs": sample_texts(runs, workload),
         "warmup": [dataclasses.asdict(r) for r in warmups],
         "runs": [dataclasses.asdict(r) for r in runs],
@@ -799,10 +841,18 @@ def greedy_mismatches(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------- markdown
+def read_summary(results: dict[str, Any]) -> list[SummaryRow]:
+    return [SummaryRow.from_dict(r) for r in results["summary"]]
+
+
+def read_geomeans(results: dict[str, Any]) -> list[GeomeanRow]:
+    return [GeomeanRow.from_dict(g) for g in results["geomean"]]
+
+
 def render_section(results: dict[str, Any], key: str) -> str:
     """One markdown section: command, machine, settings, geomean table, per-prompt table."""
     s = results["settings"]
-    decode = any(g.get("decode_speedup_vs_plain") is not None for g in results["geomean"])
+    decode = any(g.decode_speedup_vs_plain is not None for g in read_geomeans(results))
     decode_headers = ["decode x hf_plain", "decode x best HF"] if decode else []
     lines = [
         markdown.SECTION_BEGIN.format(key=key),
@@ -823,16 +873,16 @@ def render_section(results: dict[str, Any], key: str) -> str:
             ["mode", "config", "tok/s", "tau", "x hf_plain", "x best HF spec", *decode_headers, "greedy identical"],
             [
                 [
-                    g["mode"],
-                    g["config"],
-                    markdown.num(g["tokens_per_s"]),
-                    markdown.num(g["tau"]),
-                    markdown.times(g["speedup_vs_plain"]),
-                    markdown.times(g["speedup_vs_best_hf"]),
-                    *([markdown.times(g.get("decode_speedup_vs_plain")), markdown.times(g.get("decode_speedup_vs_best_hf"))] if decode else []),
-                    markdown.yes_no(g["identical"]),
+                    g.mode,
+                    g.config,
+                    markdown.num(g.tokens_per_s),
+                    markdown.num(g.tau),
+                    markdown.times(g.speedup_vs_plain),
+                    markdown.times(g.speedup_vs_best_hf),
+                    *([markdown.times(g.decode_speedup_vs_plain), markdown.times(g.decode_speedup_vs_best_hf)] if decode else []),
+                    markdown.yes_no(g.identical),
                 ]
-                for g in results["geomean"]
+                for g in read_geomeans(results)
             ],
         ),
         *(
@@ -863,19 +913,19 @@ def render_section(results: dict[str, Any], key: str) -> str:
             ],
             [
                 [
-                    r["mode"],
-                    r["prompt"],
-                    r["config"],
-                    markdown.num(r["tokens_per_s"]),
-                    markdown.num(r["tau"]),
-                    markdown.num(r["new_tokens"], 0),
-                    markdown.times(r["speedup_vs_plain"]),
-                    markdown.times(r["speedup_vs_best_hf"]),
-                    *([markdown.num(r.get("decode_tokens_per_s")), markdown.times(r.get("decode_speedup_vs_plain"))] if decode else []),
-                    markdown.num(r["acceptance_rate"]),
-                    markdown.yes_no(r["identical"]),
+                    r.mode,
+                    r.prompt,
+                    r.config,
+                    markdown.num(r.tokens_per_s),
+                    markdown.num(r.tau),
+                    markdown.num(r.new_tokens, 0),
+                    markdown.times(r.speedup_vs_plain),
+                    markdown.times(r.speedup_vs_best_hf),
+                    *([markdown.num(r.decode_tokens_per_s), markdown.times(r.decode_speedup_vs_plain)] if decode else []),
+                    markdown.num(r.acceptance_rate),
+                    markdown.yes_no(r.identical),
                 ]
-                for r in results["summary"]
+                for r in read_summary(results)
             ],
         ),
         "",
@@ -911,33 +961,33 @@ def report_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     ]
     rows = [
         [
-            r["mode"],
-            r["prompt"],
-            r["config"],
-            markdown.num(r["tokens_per_s"]),
-            markdown.num(r["tau"]),
-            markdown.num(r["new_tokens"], 0),
-            markdown.times(r["speedup_vs_plain"]),
-            markdown.times(r["speedup_vs_best_hf"]),
-            markdown.num(r["acceptance_rate"]),
-            markdown.yes_no(r["identical"]).strip("*"),
+            r.mode,
+            r.prompt,
+            r.config,
+            markdown.num(r.tokens_per_s),
+            markdown.num(r.tau),
+            markdown.num(r.new_tokens, 0),
+            markdown.times(r.speedup_vs_plain),
+            markdown.times(r.speedup_vs_best_hf),
+            markdown.num(r.acceptance_rate),
+            markdown.yes_no(r.identical).strip("*"),
         ]
-        for r in results["summary"]
+        for r in read_summary(results)
     ]
     rows += [
         [
-            g["mode"],
+            g.mode,
             "geomean",
-            g["config"],
-            markdown.num(g["tokens_per_s"]),
-            markdown.num(g["tau"]),
+            g.config,
+            markdown.num(g.tokens_per_s),
+            markdown.num(g.tau),
             "",
-            markdown.times(g["speedup_vs_plain"]),
-            markdown.times(g["speedup_vs_best_hf"]),
+            markdown.times(g.speedup_vs_plain),
+            markdown.times(g.speedup_vs_best_hf),
             "",
-            markdown.yes_no(g["identical"]).strip("*"),
+            markdown.yes_no(g.identical).strip("*"),
         ]
-        for g in results["geomean"]
+        for g in read_geomeans(results)
     ]
     return header, rows
 
