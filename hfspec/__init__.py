@@ -5,6 +5,7 @@
     hfspec.enable()   # then plain model.generate(..., assistant_strategy=...) and pipelines work
 """
 
+import hfspec.compat  # noqa: F401  first: refuses untested torch/transformers before the imports below use their internals
 from hfspec.api import disable, enable, generate, is_enabled
 from hfspec.engine import SpecStats
 from hfspec.exceptions import (
