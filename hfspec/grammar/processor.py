@@ -19,6 +19,7 @@ import torch
 from transformers import LogitsProcessor
 
 from hfspec.exceptions import GrammarError
+from hfspec.grammar.bitmask import apply_bitmask_inplace
 from hfspec.grammar.compile import compile_spec, resolve_tokenizer
 from hfspec.grammar.specs import GrammarSpec
 from hfspec.stopping import stop_token_ids
@@ -276,9 +277,9 @@ class GrammarLogitsProcessor(LogitsProcessor):
 
     def _apply(self, scores: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
         """A masked copy of ``scores`` (disallowed -> -inf) in the input dtype; the input is untouched."""
-        if scores.dtype == torch.float32 and scores.device.type == "cpu":
+        if scores.dtype in (torch.float32, torch.bfloat16, torch.float16) and scores.device.type == "cpu":
             out = scores.clone()
-            self._xgr.apply_token_bitmask_inplace(out, bitmask)
+            apply_bitmask_inplace(out, bitmask)  # touches only the ids that change (grammar/bitmask.py)
             return out
         # Other dtypes/devices: unpack the bits and mask in place of a float32 round trip, which
         # would round float64 scores.

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from hfspec.exceptions import GrammarError
+from hfspec.grammar.bitmask import apply_bitmask_inplace
 
 
 @dataclass
@@ -110,7 +111,7 @@ class GrammarRows:
             raise GrammarError(f"internal: scores are {v} wide, the grammar was compiled for {self.vocab_size}")
         flat = scores.reshape(b * n, v)
         with self.clock():
-            self._xgr.apply_token_bitmask_inplace(flat, self.bitmasks(extra, n).to(flat.device))
+            apply_bitmask_inplace(flat, self.bitmasks(extra, n).to(flat.device))
         return flat.reshape(b, n, v)
 
     def grammatical_prefix(self, drafts: torch.Tensor, num_drafts: torch.Tensor) -> torch.Tensor:
