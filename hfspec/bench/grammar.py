@@ -602,9 +602,13 @@ class GrammarRunner:
         stopped = bool(output_ids) and output_ids[-1] in workload.eos_token_ids
         text = workload.tokenizer.decode(output_ids[:-1] if stopped else output_ids)
         errors = case.spec.validation_errors(text) if stopped else []
+        # tokens the first target forward committed: hfspec's stats know; plain decoding commits one.
+        # HF's assisted / prompt lookup commit an unknown number (up to K + 1), so no decode rate for them
         first_tokens = stats.per_step_emitted[0] if stats.per_step_emitted else 1
         after = wall - ((self.first_forward_end or start) - start)
         decode_rate = (n_new - first_tokens) / after if after > 0 and n_new > first_tokens else None
+        if config in HF_SPECULATIVE_GRAMMAR:
+            decode_rate = None
         run = GrammarRun(
             schema=case.name,
             config=config,
@@ -1095,7 +1099,9 @@ def render_section(results: dict[str, Any], key: str) -> str:
         'grammar. tau = new tokens / target forwards (forward hook, prefill included). "x unconstrained" is '
         "tok/s over the unconstrained config with the same proposer (their outputs differ). "
         '"decode tok/s" counts only what follows the first target forward (the one that reads the prompt): '
-        "tokens committed later / time later, so outputs of different lengths are not weighed by prefill. "
+        "tokens committed later / time later, so outputs of different lengths are not weighed by prefill "
+        "(not for HF's assisted generation and prompt lookup: how many tokens their first forward "
+        "committed is not observable from outside). "
         '"fwd saved by jump": '
         "mean target forwards per schema saved against the same config without JumpForward. Grammar µs/token: "
         "all grammar work per new token (hfspec: SpecStats.grammar_seconds, i.e. walking drafts, filling and "
