@@ -37,7 +37,8 @@ from hfspec.proposers.jump_forward import check_jump_forward, with_jump_forward
 
 # Model kwargs transformers itself prepares for a decoder-only call; anything else is refused
 # rather than silently dropped.
-_KNOWN_MODEL_KWARGS = {"attention_mask", "position_ids", "use_cache", "logits_to_keep", "past_key_values"}
+# "cache" is transformers 5.24's name for past_key_values (generate hands it to custom_generate)
+_KNOWN_MODEL_KWARGS = {"attention_mask", "position_ids", "use_cache", "logits_to_keep", "past_key_values", "cache"}
 _SPECULATIVE_MODES = {GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE}
 
 
@@ -196,7 +197,7 @@ def validate_call(
             f"assistant_strategy does not support the model inputs {sorted(unknown)} (text-only decoder models); "
             "remove them or drop assistant_strategy."
         )
-    cache = model_kwargs.get("past_key_values")
+    cache = model_kwargs.get("past_key_values", model_kwargs.get("cache"))
     if cache is not None and (type(cache).__name__ != "DynamicCache" or cache.get_seq_length() > 0):
         raise ConfigurationError(
             f"assistant_strategy manages its own KV cache; got past_key_values={type(cache).__name__} "

@@ -16,8 +16,9 @@ What hfspec relies on (module: transformers internal):
   switch is ignored: attention is then slower, not wrong).
 - ``kv``: subclasses ``transformers.cache_utils.CacheLayerMixin`` (``lazy_initialization``,
   ``update``, ``is_initialized``) and edits ``DynamicCache.layers[i].keys / .values`` in place.
-- ``runner``, ``lowering.plan``: call the model with ``past_key_values=`` (5.24 renames the cache
-  argument to ``cache`` and hands ``cache`` to ``custom_generate``, which hfspec refuses).
+- ``runner``, ``lowering.plan``: pass the cache under the name the model's forward takes
+  (``kv.cache_argument``: ``cache`` from 5.24, ``past_key_values`` before); ``api`` accepts the
+  ``cache`` that 5.24's ``generate`` hands to ``custom_generate``.
 - ``api``: the ``custom_generate`` hand-off of ``GenerationMixin.generate`` (which arguments
   ``_extract_generation_mode_kwargs`` keeps for a callable), the local variables of HF's
   ``generate`` frame (``_from_hf_caller`` reads ``streamer``/``tokenizer`` there),
@@ -43,7 +44,7 @@ from packaging.version import InvalidVersion, Version
 
 from hfspec.exceptions import HfspecError
 
-TESTED = {"transformers": ">=5.19,<5.24", "torch": ">=2.13,<2.15"}
+TESTED = {"transformers": ">=5.19,<5.25", "torch": ">=2.13,<2.15"}
 OVERRIDE_ENV = "HFSPEC_ALLOW_UNTESTED"
 
 
@@ -69,7 +70,7 @@ def untested(versions: dict[str, str]) -> list[str]:
     for name, spec in TESTED.items():
         found = versions[name]
         try:
-            # a pre-release of a tested version counts (5.23.1.dev0); one of the bound does not (5.24.0.dev0 < 5.24 is out)
+            # a pre-release of a tested version counts (5.23.1.dev0); one of the bound does not (5.25.0.dev0 < 5.25 is out)
             ok = SpecifierSet(spec).contains(Version(found), prereleases=True)
         except InvalidVersion:
             ok = False

@@ -24,8 +24,17 @@ from transformers.cache_utils import CacheLayerMixin
 from hfspec.exceptions import ConfigurationError
 
 
+def cache_argument(model: torch.nn.Module) -> str:
+    """The name a model's forward takes its cache under: ``cache`` from transformers 5.24 on,
+    ``past_key_values`` before (5.24 still accepts the old name, deprecated, with a warning)."""
+    import inspect
+
+    forward = getattr(model, "forward", model)
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
 class KVStore(Protocol):
-    cache: Cache  # passed to the model as past_key_values
+    cache: Cache  # passed to the model under cache_argument(model)
     length: int  # slots [0, length) are written
     valid: torch.Tensor  # (B, length) bool: slot holds a token of the row
     pos: torch.Tensor  # (B, length) long: token position of each slot

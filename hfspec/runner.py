@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
-from hfspec.kv import DynamicStore, KVStore
+from hfspec.kv import DynamicStore, KVStore, cache_argument
 from hfspec.masks import grouped_query_sdpa, layer_windows, model_masks
 from hfspec.step import VerifyBatch
 
@@ -24,6 +24,7 @@ class ModelRunner:
         self.store = store
         self.head = head  # None: the model's own head; else hidden (B, Q, H) -> logits (B, Q, V), e.g. PrunedHead
         self.windows = layer_windows(model)
+        self.cache_arg = cache_argument(model)  # read once: the forward (maybe compiled) only looks it up
         self.forwards = 0
 
     def run(self, tokens, positions, valid, visible, keep: int) -> torch.Tensor:
@@ -46,9 +47,13 @@ class ModelRunner:
 
     def _forward(self, tokens, positions, mask, keep: int) -> torch.Tensor:
         """The model (or its base model and ``head``) over the store: logits (B, keep, V)."""
-        inputs = dict(
-            input_ids=tokens, attention_mask=mask, position_ids=positions, past_key_values=self.store.cache, use_cache=True
-        )
+        inputs = {
+            "input_ids": tokens,
+            "attention_mask": mask,
+            "position_ids": positions,
+            self.cache_arg: self.store.cache,
+            "use_cache": True,
+        }
         if self.head is None:
             return self.model(**inputs, logits_to_keep=keep).logits[:, -keep:]
         return self.head(self.model.base_model(**inputs).last_hidden_state[:, -keep:])

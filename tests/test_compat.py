@@ -31,7 +31,7 @@ def versions(monkeypatch):
 
 @pytest.mark.parametrize(
     "tf, th",
-    [("5.19.0", "2.13.0+cpu"), ("5.23.0", "2.14.1+cu130"), ("5.23.1.dev0", "2.13.0"), ("5.20.2", "2.14.0")],
+    [("5.19.0", "2.13.0+cpu"), ("5.23.0", "2.14.1+cu130"), ("5.23.1.dev0", "2.13.0"), ("5.20.2", "2.14.0"), ("5.24.0", "2.13.0+cpu")],
 )
 def test_in_range_passes_silently(versions, recwarn, tf, th):
     versions(tf, th)
@@ -40,7 +40,7 @@ def test_in_range_passes_silently(versions, recwarn, tf, th):
 
 
 @pytest.mark.parametrize(
-    "tf", ["5.18.0", "5.13.1", "5.0.0", "4.57.6", "5.24.0", "5.24.0.dev0", "6.0.0", "not-a-version"]
+    "tf", ["5.18.0", "5.13.1", "5.0.0", "4.57.6", "5.25.0", "5.25.0.dev0", "6.0.0", "not-a-version"]
 )
 def test_untested_transformers_raises_naming_versions(versions, tf):
     versions(transformers_version=tf)
@@ -64,8 +64,8 @@ def test_untested_torch_raises_naming_versions(versions, th):
 
 
 def test_both_out_of_range_are_named(versions):
-    versions("5.24.0", "2.15.0")
-    with pytest.raises(compat.UntestedVersionError, match=r"transformers 5\.24\.0 .*; torch 2\.15\.0 "):
+    versions("5.25.0", "2.15.0")
+    with pytest.raises(compat.UntestedVersionError, match=r"transformers 5\.25\.0 .*; torch 2\.15\.0 "):
         compat.check_versions()
 
 
@@ -75,16 +75,16 @@ def test_error_is_an_import_error(versions):
 
 
 def test_override_warns_instead(versions, monkeypatch):
-    versions(transformers_version="5.24.0")
+    versions(transformers_version="5.25.0")
     monkeypatch.setenv(compat.OVERRIDE_ENV, "1")
     with pytest.warns(
-        compat.UntestedVersionWarning, match=r"transformers 5\.24\.0 is installed.*running untested"
+        compat.UntestedVersionWarning, match=r"transformers 5\.25\.0 is installed.*running untested"
     ):
         compat.check_versions()
 
 
 def test_override_zero_still_raises(versions, monkeypatch):
-    versions(transformers_version="5.24.0")
+    versions(transformers_version="5.25.0")
     monkeypatch.setenv(compat.OVERRIDE_ENV, "0")
     with pytest.raises(compat.UntestedVersionError):
         compat.check_versions()
@@ -118,3 +118,17 @@ def test_tested_ranges_match_pyproject():
     from packaging.specifiers import SpecifierSet
 
     assert declared == {name: SpecifierSet(spec) for name, spec in compat.TESTED.items()}
+
+
+def test_cache_argument_follows_the_forward_signature():
+    """transformers 5.24 renamed the model's cache argument; hfspec passes it under the name the forward takes."""
+    from hfspec.kv import cache_argument
+
+    class New(torch.nn.Module):
+        def forward(self, input_ids, cache=None, **kwargs): ...
+
+    class Old(torch.nn.Module):
+        def forward(self, input_ids, past_key_values=None, **kwargs): ...
+
+    assert cache_argument(New()) == "cache"
+    assert cache_argument(Old()) == "past_key_values"

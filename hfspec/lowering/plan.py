@@ -23,7 +23,7 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel
 
 from hfspec.exceptions import ConfigurationError
-from hfspec.kv import StaticStore
+from hfspec.kv import StaticStore, cache_argument
 from hfspec.masks import check_attention, grouped_query_sdpa
 from hfspec.proposers.base import NoDrafts, ProposerSession, SessionContext, Strategy
 from hfspec.runner import ModelRunner
@@ -192,15 +192,15 @@ class _ExplicitCacheVerify(torch.nn.Module):
         super().__init__()
         self.model = model
         self.store = StaticStore(_num_layers(model), batch, capacity, model.device)
+        self.cache_arg = cache_argument(model)
 
     def forward(self, tokens, positions, mask, slots, keys: list[torch.Tensor], values: list[torch.Tensor]):
         self.store.slots = slots
         self.store.view = mask.shape[-1]
         for layer, k, v in zip(self.store.cache.layers, keys, values, strict=True):
             layer.keys, layer.values, layer.is_initialized = k, v, True
-        out = self.model(
-            input_ids=tokens, attention_mask=mask, position_ids=positions, past_key_values=self.store.cache, use_cache=True
-        )
+        cache = {self.cache_arg: self.store.cache}
+        out = self.model(input_ids=tokens, attention_mask=mask, position_ids=positions, use_cache=True, **cache)
         return out.logits
 
 
