@@ -15,8 +15,8 @@ pytest.importorskip("xgrammar")
 jsonschema = pytest.importorskip("jsonschema")
 
 from hfspec.bench import cli  # noqa: E402
-from hfspec.bench import markdown as markdown_lib  # noqa: E402
 from hfspec.bench import grammar as bench_grammar  # noqa: E402
+from hfspec.bench import markdown as markdown_lib  # noqa: E402
 
 PINNED_SIX = [  # SELECTION_RULE on the vendored tests/data/jsonschemabench: one per family, families alphabetical
     "BFCL_java_24",

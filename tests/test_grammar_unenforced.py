@@ -11,7 +11,6 @@ accepts comes from a flagged schema and is caught by ``JSONSchema.validation_err
 from __future__ import annotations
 
 import json
-import pathlib
 
 import pytest
 

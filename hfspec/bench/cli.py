@@ -442,8 +442,7 @@ def write_figures(results: dict, results_path: pathlib.Path, markdown_path: str 
     paths = plots.write(results, figures_folder(markdown_path), results_path.stem)
     for path in paths:
         print(f"figure: {path}")
-    base = pathlib.Path(markdown_path).resolve().parent
-    return [markdown.section_key(path, base / "x.md") for path in paths]
+    return [markdown.section_key(path, markdown_path) for path in paths]  # relative to the markdown's folder
 
 
 def write_section(kind, results: dict, results_path: pathlib.Path, markdown_path: str | os.PathLike) -> None:

@@ -181,14 +181,6 @@ def user_message(schema: dict[str, Any], instance: Any) -> str:
 
 
 # --------------------------------------------------------------------------- schema selection
-def default_data_dir() -> pathlib.Path | None:
-    """The conformance benchmark's resolver: $HFSPEC_JSONSCHEMABENCH, else the repository's vendored copy."""
-    return conformance.default_data_dir()
-
-
-source_group = conformance.source_group
-
-
 def family(group: str) -> str:
     return group.split("_", 1)[0]
 
@@ -247,7 +239,7 @@ def select_schemas(
         raise hfspec.ConfigurationError(f"no JSONSchemaBench .json files in {data_dir}")
     groups: dict[str, list[pathlib.Path]] = {}
     for path in paths:
-        groups.setdefault(source_group(path.name), []).append(path)
+        groups.setdefault(conformance.source_group(path.name), []).append(path)
     families: dict[str, list[str]] = {}
     for group in sorted(groups):
         families.setdefault(family(group), []).append(group)
@@ -329,7 +321,7 @@ def tiny_workload(settings: GrammarBenchSettings) -> GrammarWorkload:
 
 def real_workload(settings: GrammarBenchSettings) -> GrammarWorkload:
     """The packaged Qwen2.5-Coder pair and JSONSchemaBench schemas asked for in the chat template."""
-    data_dir = pathlib.Path(settings.data_dir) if settings.data_dir else default_data_dir()
+    data_dir = pathlib.Path(settings.data_dir) if settings.data_dir else conformance.default_data_dir()
     if data_dir is None or not data_dir.is_dir():
         raise hfspec.ConfigurationError(
             f"JSONSchemaBench data not found ({data_dir}): pass --data DIR or set $HFSPEC_JSONSCHEMABENCH"
@@ -688,12 +680,9 @@ def mark_identity(runs: Sequence[GrammarRun]) -> None:
     """Greedy: each output vs its reference's on the same schema and repetition (the reference vs its
     repetition 0, which checks the reference is deterministic)."""
     configs = list(dict.fromkeys(r.config for r in runs))
-
-    def reference(run: GrammarRun) -> str | None:
+    for run in runs:
         run.reference = reference_config(run.config, configs)
-        return run.reference
-
-    harness.mark_identity(runs, group=lambda r: r.schema, reference=reference)
+    harness.mark_identity(runs, group=lambda r: r.schema, reference=lambda r: r.reference)
 
 
 # --------------------------------------------------------------------------- summaries

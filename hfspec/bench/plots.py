@@ -12,10 +12,6 @@ import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-SPEED_SCHEMA = "hfspec-bench/1"
-BATCH_SCHEMA = "hfspec-bench-batch/1"
-GRAMMAR_SCHEMA = "hfspec-bench-grammar/1"
-
 
 def available() -> bool:
     try:
@@ -35,10 +31,12 @@ def figures_for(results: dict[str, Any]) -> list[tuple[str, Callable[[dict[str, 
     """(name, figure function) for every figure this kind of results file has."""
     if is_verify_curve(results):
         return [("verify-curve", verify_curve)]
+    from hfspec.bench import batch, grammar, speed  # their SCHEMA names the results files they write
+
     return {
-        SPEED_SCHEMA: [("speedup", speed_speedups), ("tau-vs-rate", speed_tau_vs_rate)],
-        BATCH_SCHEMA: [("batch", batch_rates)],
-        GRAMMAR_SCHEMA: [("speedup", grammar_speedups), ("tau-vs-rate", grammar_tau_vs_rate)],
+        speed.SCHEMA: [("speedup", speed_speedups), ("tau-vs-rate", speed_tau_vs_rate)],
+        batch.SCHEMA: [("batch", batch_rates)],
+        grammar.SCHEMA: [("speedup", grammar_speedups), ("tau-vs-rate", grammar_tau_vs_rate)],
     }.get(results.get("schema"), [])
 
 

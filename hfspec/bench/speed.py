@@ -505,10 +505,12 @@ def schedule(settings: BenchSettings, prompts: Sequence[Prompt]) -> list[harness
     return harness.schedule(groups, settings.configs, settings.repeats)
 
 
-def warmup_trials(settings: BenchSettings, prompts: Sequence[Prompt]) -> list[harness.Trial[Group]]:
-    """Every (mode, config) on the first prompt, short; HF's compiled configs also every prompt at full
-    length: HF's static cache is sized prompt + max_new_tokens and each size is a new graph, so the
-    timed runs then measure its steady state, not compiles."""
+def warmup_trials(
+    settings: BenchSettings, prompts: Sequence[Prompt]
+) -> tuple[list[harness.Trial[Group]], list[harness.Trial[Group]]]:
+    """(short, full): every (mode, config) on the first prompt, short; HF's compiled configs also every
+    prompt at full length: HF's static cache is sized prompt + max_new_tokens and each size is a new
+    graph, so the timed runs then measure its steady state, not compiles."""
     short = [harness.Trial((mode, 0), config, -1) for mode in settings.modes for config in settings.configs]
     full_from = 1 if settings.warmup_tokens == settings.max_new_tokens else 0
     full = [
@@ -517,7 +519,7 @@ def warmup_trials(settings: BenchSettings, prompts: Sequence[Prompt]) -> list[ha
         if config in HF_COMPILED
         for index in range(full_from, len(prompts))
     ]
-    return short + full
+    return short, full
 
 
 def benchmark(
@@ -532,20 +534,22 @@ def benchmark(
 
     with Runner(workload, settings) as timer:
 
-        def call(trial: harness.Trial[Group], max_new_tokens: int = settings.max_new_tokens) -> RunRecord:
+        def call(
+            trial: harness.Trial[Group], max_new_tokens: int = settings.max_new_tokens, seed: int | None = None
+        ) -> RunRecord:
             mode, index = trial.group
-            seed = settings.seed if trial.repeat < 0 else run_seed(settings, index, trial.repeat)
+            if seed is None:
+                seed = settings.seed if trial.repeat < 0 else run_seed(settings, index, trial.repeat)
             return timer.run(
                 prompts[index], trial.config, mode, repeat=trial.repeat, seed=seed, max_new_tokens=max_new_tokens
             )
 
-        trials = warmup_trials(settings, prompts)
-        n_short = len(settings.modes) * len(settings.configs)
-        warmups = harness.execute(trials[:n_short], lambda t: call(t, settings.warmup_tokens), progress, label)
-        warmups += harness.execute(trials[n_short:], call, progress, label)
+        short, full = warmup_trials(settings, prompts)
+        warmups = harness.execute(short, lambda t: call(t, settings.warmup_tokens), progress, label)
+        warmups += harness.execute(full, call, progress, label)
         runs = harness.execute(schedule(settings, prompts), call, progress, label)
-        if settings.split_prefill:
-            first = first_token_times(settings, prompts, lambda t: call(t, 1), progress, label)
+        if settings.split_prefill:  # greedy, so the seed is only for reproducibility: the base one, as before
+            first = first_token_times(settings, prompts, lambda t: call(t, 1, settings.seed), progress, label)
             for run in runs:
                 run.first_token_s = first.get((run.prompt, run.config))
     mark_identity(runs)
@@ -565,7 +569,7 @@ def first_token_times(
     configs = [c for c in settings.configs if c not in HF_COMPILED]
     groups = [("greedy", index) for index in range(len(prompts))]
     times: dict[tuple[str, str], list[float]] = {}
-    trials = [dataclasses.replace(t, repeat=-1) for t in harness.schedule(groups, configs, settings.repeats)]
+    trials = harness.schedule(groups, configs, settings.repeats)
     for trial, run in zip(trials, harness.execute(trials, call, progress, label), strict=True):
         times.setdefault((prompts[trial.group[1]].name, trial.config), []).append(run.wall_s)
     return {key: statistics.median(values) for key, values in times.items()}
@@ -1035,7 +1039,7 @@ def run_benchmark(
 ) -> dict:
     """Load (unless given), warm up, run, and return the results dict (not yet written)."""
     workload = workload if workload is not None else load_workload(settings)
-    total = len(warmup_trials(settings, workload.prompts)) + len(schedule(settings, workload.prompts))
+    total = sum(map(len, warmup_trials(settings, workload.prompts))) + len(schedule(settings, workload.prompts))
     if settings.split_prefill:
         total += settings.repeats * len(workload.prompts) * sum(c not in HF_COMPILED for c in settings.configs)
     load = {"start": environment.load_average()}
