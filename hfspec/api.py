@@ -197,7 +197,7 @@ def validate_call(
             f"assistant_strategy does not support the model inputs {sorted(unknown)} (text-only decoder models); "
             "remove them or drop assistant_strategy."
         )
-    cache = model_kwargs.get("past_key_values", model_kwargs.get("cache"))
+    cache = next((c for k in ("past_key_values", "cache") if (c := model_kwargs.get(k)) is not None), None)
     if cache is not None and (type(cache).__name__ != "DynamicCache" or cache.get_seq_length() > 0):
         raise ConfigurationError(
             f"assistant_strategy manages its own KV cache; got past_key_values={type(cache).__name__} "

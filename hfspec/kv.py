@@ -15,6 +15,7 @@ tree the accepted nodes are gathered into consecutive slots, per row.
 
 from __future__ import annotations
 
+import inspect
 from typing import Protocol
 
 import torch
@@ -27,8 +28,6 @@ from hfspec.exceptions import ConfigurationError
 def cache_argument(model: torch.nn.Module) -> str:
     """The name a model's forward takes its cache under: ``cache`` from transformers 5.24 on,
     ``past_key_values`` before (5.24 still accepts the old name, deprecated, with a warning)."""
-    import inspect
-
     forward = getattr(model, "forward", model)
     return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
