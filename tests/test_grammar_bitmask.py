@@ -162,3 +162,45 @@ def test_real_json_schema_masks_on_the_qwen_vocabulary():
     assert torch.equal(out, expected)
     kept = (~torch.isinf(out)).sum(dim=1)
     assert kept.min() < 100 and kept.max() > 100_000  # rows for the allowed-ids path and for the kernel
+
+
+# --------------------------------------------------------------------------- planted bugs
+def _without_tail(out, words, vocab, neg_inf):
+    """keep_allowed that forgets the partial last word: its allowed ids end up -inf."""
+    import numpy as np
+
+    from hfspec.grammar import bitmask as module
+
+    whole = vocab // 32
+    keep = module.bit_ids(words[:whole], np.nonzero(words[:whole] != 0)[0])
+    kept = out[keep]
+    out[:vocab].fill(neg_inf)
+    out[keep] = kept
+
+
+def _big_endian_bits(words, which):
+    """bit_ids reading each byte's bits in the wrong order."""
+    import numpy as np
+
+    bits = np.unpackbits(words[which].view(np.uint8), bitorder="big")
+    position = np.flatnonzero(bits)
+    return which[position >> 5] * 32 + (position & 31)
+
+
+@pytest.mark.parametrize("name, planted", [("keep_allowed", _without_tail), ("bit_ids", _big_endian_bits)])
+def test_planted_bugs_are_caught_by_the_same_check(monkeypatch, name, planted):
+    """The equality property above must find a counterexample for each broken variant."""
+    from hypothesis import find
+
+    from hfspec.grammar import bitmask as module
+
+    monkeypatch.setattr(module, name, planted)
+
+    def wrong(args) -> bool:
+        logits, bits, share = args
+        out = logits.clone()
+        apply_bitmask_inplace(out, bits, sparse_share=share)
+        return not same_bits(out, reference(logits, bits))
+
+    logits, bits, _ = find(case(), wrong, settings=settings(max_examples=400, deadline=None, derandomize=True))
+    assert logits.shape[0] == bits.shape[0]  # a real counterexample was found (find raises otherwise)
