@@ -9,6 +9,7 @@ import hfspec.compat  # noqa: F401  first: refuses untested torch/transformers b
 from hfspec.api import disable, enable, generate, is_enabled
 from hfspec.engine import SpecStats
 from hfspec.exceptions import (
+    AlignmentError,
     ConfigurationError,
     GrammarError,
     GrammarValidationError,
@@ -18,7 +19,8 @@ from hfspec.exceptions import (
     ModelPackageError,
     UnenforcedSchemaError,
 )
-from hfspec.grammar import EBNF, JSON, GrammarLogitsProcessor, JSONSchema, Lark, Regex, StructuralTag
+from hfspec.grammar import EBNF, JSON, Crane, GrammarLogitsProcessor, JSONSchema, Lark, Regex, StructuralTag
+from hfspec.grammar.aligned import AlignedStats, GrammarAligned
 from hfspec.grammar.call import GrammarDecoderOnlyOutput, IncompleteOutputWarning
 from hfspec.lowering import CompiledPlan, compile
 from hfspec.proposers import DraftModel, JumpForward, LookupOrDraft, PromptLookup
@@ -27,9 +29,13 @@ from hfspec.proposers.tree_draft import TreeSpec
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlignedStats",
+    "AlignmentError",
+    "GrammarAligned",
     "EBNF",
     "JSON",
     "CompiledPlan",
+    "Crane",
     "ConfigurationError",
     "DraftModel",
     "GrammarDecoderOnlyOutput",

@@ -30,6 +30,8 @@ from hfspec.engine import SpecStats, speculative_generate
 from hfspec.engine_utils import lm_head_width
 from hfspec.exceptions import ConfigurationError
 from hfspec.grammar import call as grammar_call
+from hfspec.grammar.aligned import GrammarAligned
+from hfspec.grammar.aligned.rounds import generate_aligned
 from hfspec.grammar.specs import GrammarSpec
 from hfspec.lowering.plan import CompiledPlan
 from hfspec.proposers.base import NoDrafts, Strategy
@@ -71,8 +73,12 @@ def generate(
     ``grammar=`` the strategy (or none) is wrapped in ``hfspec.JumpForward`` so grammar-forced text
     is proposed for free (lossless: the masked target gives it p = 1, and it is verified anyway);
     False decodes with the strategy alone and refuses an explicit ``JumpForward``.
+    ``grammar=hfspec.GrammarAligned(spec, method=...)`` samples from the LM conditioned on the
+    grammar instead of the locally masked law (hfspec.grammar.aligned; docs/aligned.md).
     """
     check_jump_forward(jump_forward)
+    aligned = grammar if isinstance(grammar, GrammarAligned) else None
+    grammar = aligned.spec if aligned is not None else grammar
     generation_config = generation_config if generation_config is not None else model.generation_config
     stopping_criteria = stopping_criteria if stopping_criteria is not None else StoppingCriteriaList()
     streamer = streamer if streamer is not None else _from_hf_caller("streamer")
@@ -94,6 +100,21 @@ def generate(
         )
     elif getattr(strategy, "needs_grammar", False):
         raise ConfigurationError(f"{strategy!r} needs grammar= in the same generate() call.")
+    if aligned is not None:
+        check_aligned(strategy, generation_config, streamer, stop_strings)
+        aligned.bind(constrained.tokenizer, lm_head_width(model))
+        constrained.rows.bitmasks(input_ids[:, :0], 1)  # raises GrammarError if no token can start the grammar
+        sequences = generate_aligned(
+            aligned, model, input_ids, model_kwargs.get("attention_mask"), generation_config, logits_processor,
+            stopping_criteria, strategy, call=constrained, vocab_size=lm_head_width(model), stats=speculation_stats,
+        )
+        if not generation_config.return_dict_in_generate:
+            return sequences
+        rows = sequences.shape[0]
+        return grammar_call.GrammarDecoderOnlyOutput(
+            sequences=sequences, grammar_complete=torch.ones(rows, dtype=torch.bool),
+            grammar_valid=torch.ones(rows, dtype=torch.bool), grammar_errors=[[] for _ in range(rows)],
+        )
     runner = None
     if isinstance(strategy, CompiledPlan):
         strategy.validate_inputs(input_ids, generation_config)
@@ -113,6 +134,33 @@ def generate(
         runner=runner,
     )
     return grammar_call.finish(constrained, result, input_ids.shape[1]) if constrained is not None else result
+
+
+def check_aligned(strategy: Any, generation_config: GenerationConfig, streamer: Any, stop_strings: Any) -> None:
+    """Refuse, before any model work, what grammar-aligned sampling cannot honour."""
+    if not generation_config.do_sample:
+        raise ConfigurationError(
+            "grammar=hfspec.GrammarAligned(...) samples from P conditioned on the grammar and needs do_sample=True; "
+            "greedy decoding of the aligned law (the argmax of Q) is a search problem hfspec does not solve. "
+            "For greedy constrained decoding pass the plain spec as grammar=."
+        )
+    if generation_config.output_scores or generation_config.output_logits:
+        raise ConfigurationError(
+            "output_scores / output_logits are not available with GrammarAligned: rejected attempts are drawn "
+            "again in later rounds, so there is no single sequence of per-step scores per row."
+        )
+    if streamer is not None:
+        raise ConfigurationError("streamer= is not available with GrammarAligned: a rejected attempt would be streamed.")
+    if stop_strings:
+        raise ConfigurationError(
+            "stop_strings= is not available with GrammarAligned: the grammar decides where a sample ends "
+            "(the learned state assumes samples end only there or at max_new_tokens)."
+        )
+    if isinstance(strategy, CompiledPlan):
+        raise ConfigurationError(
+            "GrammarAligned cannot run through a compiled plan yet: rejected rows are drawn again as a smaller "
+            "batch, and a plan is built for one batch size. Pass the plan's strategy uncompiled."
+        )
 
 
 def _stop_string_criterion(stop_strings, tokenizer: Any, grammar: Any) -> StopStringCriteria:

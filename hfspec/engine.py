@@ -17,6 +17,7 @@ State per call (never on the strategy object):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -36,7 +37,7 @@ from hfspec.masks import check_attention
 from hfspec.processors import PrefixProcessor
 from hfspec.proposers.base import SessionContext, StepView, Strategy
 from hfspec.runner import ModelRunner, eager_runner
-from hfspec.step import StepResult, VerifyBatch, VerifyTarget, build_verify_batch, softmax_target
+from hfspec.step import SoftmaxTarget, StepResult, TargetView, VerifyBatch, VerifyTarget, build_verify_batch
 from hfspec.tree import chain_parents, is_chain, path_tokens
 
 
@@ -102,8 +103,11 @@ class SlotLayout:
         return self.num_slots
 
 
-def accept(scores, batch: VerifyBatch, draft_probs, do_sample: bool, target: VerifyTarget) -> StepResult:
-    """The acceptance rule for this call over the verified tree (chains use the chain rules)."""
+def accept(
+    scores, batch: VerifyBatch, draft_probs, do_sample: bool, target: Callable[[torch.Tensor], torch.Tensor]
+) -> StepResult:
+    """The acceptance rule for this call over the verified tree (chains use the chain rules);
+    ``target`` maps the processed scores to the distribution drafts are verified against."""
     tokens, parents, num_nodes = batch.node_tokens, batch.parents, batch.num_nodes
     b, n = tokens.shape
     q = None
@@ -187,10 +191,13 @@ def force_pads(result: StepResult, forced: torch.Tensor, num_nodes: torch.Tensor
 
 
 def process_tree(processor: PrefixProcessor, ids, lengths, batch: VerifyBatch, logits) -> torch.Tensor:
-    """Processed scores (B, N+1, V) where each column's prefix is the committed ids + its path."""
+    """Processed scores (B, N+1, V) where each column's prefix is the committed ids + its path
+    (with ``processor.mask_last``, ``processor.unmasked`` ends up holding every column's too)."""
     if processor.position_free and processor.grammar is None:
         return processor(ids, lengths, ids[:, :0], logits)
     out = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+    unmasked = torch.empty_like(out) if processor.mask_last else None
+    log_allowed = out.new_empty(out.shape[:2]) if processor.mask_last else None
     depth_max = batch.node_tokens.shape[1]
     for column in range(logits.shape[1]):
         paths = path_tokens(batch.node_tokens, batch.parents, batch.num_nodes, column)
@@ -201,6 +208,11 @@ def process_tree(processor: PrefixProcessor, ids, lengths, batch: VerifyBatch, l
             prefix[row, start : start + len(path)] = torch.tensor(path, dtype=ids.dtype)
         new_lengths = lengths + torch.tensor([len(p) for p in paths], dtype=lengths.dtype)
         out[:, column : column + 1] = processor(prefix, new_lengths, ids[:, :0], logits[:, column : column + 1])
+        if unmasked is not None:
+            unmasked[:, column : column + 1] = processor.unmasked
+            log_allowed[:, column : column + 1] = processor.log_allowed
+    if unmasked is not None:
+        processor.unmasked, processor.log_allowed = unmasked, log_allowed
     return out
 
 
@@ -218,7 +230,7 @@ def speculative_generate(
     grammar: GrammarRows | None = None,
     tokenizer=None,
     runner: ModelRunner | None = None,
-    verify_target: VerifyTarget = softmax_target,
+    verify_target: VerifyTarget | None = None,
 ) -> torch.Tensor | GenerateDecoderOnlyOutput:
     """Run lossless speculative decoding; inputs are already validated by ``hfspec.api``.
 
@@ -226,8 +238,10 @@ def speculative_generate(
     first ungrammatical token (verification would reject it anyway) and the matchers advance by
     the committed tokens only. ``runner`` runs the target's forwards (default: eager over a
     dynamic cache; ``hfspec.compile`` plans bring a compiled one over a static cache).
-    ``verify_target`` maps processed scores to the distribution drafts are verified against.
+    ``verify_target`` gives the distribution drafts are verified against (default: softmax of the
+    processed, masked scores) and the per-row log-weight of each commit (``StepResult.log_weight``).
     """
+    verify_target = verify_target if verify_target is not None else SoftmaxTarget()
     check_attention(model)
     stats = stats if stats is not None else SpecStats()
     stats.calls += 1
@@ -238,7 +252,7 @@ def speculative_generate(
     pad = generation_config._pad_token_tensor
     pad_id = int(pad) if pad is not None else 0
     mask = attention_mask.long() if attention_mask is not None else torch.ones_like(input_ids)
-    processor = PrefixProcessor(logits_processor, grammar=grammar)
+    processor = PrefixProcessor(logits_processor, grammar=grammar, mask_last=verify_target.mask_last)
     want_scores = bool(generation_config.return_dict_in_generate and generation_config.output_scores)
 
     ids = torch.full((batch, max(max_length, prompt_len + 1)), pad_id, dtype=torch.long, device=device)
@@ -294,18 +308,27 @@ def speculative_generate(
             scores = processor(ids, lengths, verify.node_tokens, logits)
         else:
             scores = process_tree(processor, ids, lengths, verify, logits)
+        if processor.mask_last:
+            view = TargetView(ids, lengths, verify, processor.unmasked, processor.log_allowed)
+        else:
+            view = TargetView(ids, lengths, verify)
+
+        def target(processed, view=view):
+            return verify_target.probs(processed, view)
+
         if bool(forced.any()):  # pads are not judged: they are committed as they are
             judged = replace(verify, num_nodes=torch.where(forced.to(device), 0, verify.num_nodes))
-            result = accept(scores, judged, proposal.probs, do_sample, verify_target)
+            result = accept(scores, judged, proposal.probs, do_sample, target)
             result = force_pads(result, forced, num_nodes, pad_id)
         else:
-            result = accept(scores, verify, proposal.probs, do_sample, verify_target)
+            result = accept(scores, verify, proposal.probs, do_sample, target)
 
         n_acc = result.num_accepted.cpu()
         committed = committer.commit(result.emitted, n_acc + 1, scores.gather(
             1, result.path.to(scores.device)[..., None].expand(-1, -1, scores.shape[-1])
         ) if want_scores else None)
         result.kept = committed.kept
+        result.log_weight = verify_target.commit(result, committed.own)
         if grammar is not None:
             grammar.commit(result.emitted, committed.own)  # never after-stop tokens (pads)
         stats.record(num_nodes, n_acc, committed.own, live)

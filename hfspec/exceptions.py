@@ -37,3 +37,8 @@ class IncompleteOutputError(GrammarValidationError):
         super().__init__(message)
         self.sequences = sequences
         self.rows = rows or []
+
+
+class AlignmentError(HfspecError, RuntimeError):
+    """Grammar-aligned sampling could not return every requested sample (e.g. the exact method's
+    acceptance rate is too low for ``max_rounds``); the message gives the rate and what to change."""

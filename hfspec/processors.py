@@ -8,7 +8,9 @@ penalty holds one prompt length per row), so every call passes all B rows in ord
 outside the group ride along with a truncated prefix and their output is discarded.
 Processors known to ignore ``input_ids`` (temperature, top-k/p, ...) run once for all positions.
 A grammar (``hfspec.grammar.rows.GrammarRows``) masks first, so warpers such as top-p see only
-grammatical tokens, for the target and the draft alike.
+grammatical tokens, for the target and the draft alike. Grammar-aligned sampling needs the model's
+own distribution P (its processors, no grammar) as well as the mask, so with ``mask_last`` the
+processors run first, the grammar masks their output, and ``unmasked`` keeps what came before it.
 """
 
 from __future__ import annotations
@@ -37,10 +39,15 @@ _POSITION_FREE = tuple(
 class PrefixProcessor:
     """Runs one ``LogitsProcessorList`` over scores whose prefixes are given per row."""
 
-    def __init__(self, processors: LogitsProcessorList | None, grammar=None) -> None:
+    def __init__(self, processors: LogitsProcessorList | None, grammar=None, *, mask_last: bool = False) -> None:
         self.processors = processors if processors is not None else LogitsProcessorList()
         self.grammar = grammar
+        self.mask_last = mask_last
         self.position_free = all(isinstance(p, _POSITION_FREE) for p in self.processors)
+        self.unmasked: torch.Tensor | None = None  # (B, n, V): the last call's scores before the mask (mask_last)
+        # (B, n): log of the grammar-allowed mass of softmax(unmasked); -inf where none survived the
+        # processors (those positions are given the grammar-masked raw scores, so something grammatical is drawn)
+        self.log_allowed: torch.Tensor | None = None
 
     def __call__(
         self, ids: torch.Tensor, lengths: torch.Tensor, extra: torch.Tensor, scores: torch.Tensor
@@ -50,11 +57,23 @@ class PrefixProcessor:
 
         Returns float32 scores (B, n, V); the input is not modified.
         """
+        scores = scores.float()
+        if self.grammar is None:
+            return self._process(ids, lengths, extra, scores)
+        if not self.mask_last:
+            return self._process(ids, lengths, extra, self.grammar.apply(scores.clone(), extra))
+        self.unmasked = self._process(ids, lengths, extra, scores)
+        masked = self.grammar.apply(self.unmasked.clone(), extra)
+        lse = torch.logsumexp(masked, dim=-1)
+        self.log_allowed = lse - torch.logsumexp(self.unmasked, dim=-1)
+        dead = ~torch.isfinite(lse)
+        if bool(dead.any()):  # nothing grammatical survived the processors: any grammatical law will do
+            masked[dead] = self.grammar.apply(scores.clone(), extra)[dead]
+        return masked
+
+    def _process(self, ids, lengths, extra, scores) -> torch.Tensor:
         b, n, v = scores.shape
         offset = extra.shape[1] - (n - 1)
-        scores = scores.float()
-        if self.grammar is not None:
-            scores = self.grammar.apply(scores.clone(), extra)
         if len(self.processors) == 0:
             return scores
         if self.position_free:

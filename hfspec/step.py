@@ -8,8 +8,8 @@ and returns a ``StepResult``, which the committer, the KV stores and the propose
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -109,9 +109,48 @@ class StepResult:
     target_top: torch.Tensor | None = None  # (B, N + 1, k) long: target's top-k tokens at every verified column
 
 
-VerifyTarget = Callable[[torch.Tensor], torch.Tensor]
+@dataclass
+class TargetView:
+    """Where each scored column sits, for verifier targets that depend on the prefix (grammar alignment)."""
+
+    ids: torch.Tensor  # (B, T) long: committed tokens (left-padded prompt first); row i valid up to lengths[i]
+    lengths: torch.Tensor  # (B,) long: committed length per row before this step
+    batch: VerifyBatch  # the step's tree: column c >= 1 is node c - 1; column 0 is the root (pending)
+    unmasked: torch.Tensor | None = None  # (B, N + 1, V) float: processed scores before the grammar mask (mask_last targets)
+    log_allowed: torch.Tensor | None = None  # (B, N + 1) float: log grammar-allowed mass of softmax(unmasked); -inf: none
+
+
+class VerifyTarget(Protocol):
+    """The distribution drafts are verified against (and sampled from when none is accepted).
+
+    ``mask_last``: the engine applies the user's processors before the grammar mask and shows the
+    target the scores before the mask too (``TargetView.unmasked``): aligned targets need P without it.
+    """
+
+    mask_last: bool
+
+    def probs(self, scores: torch.Tensor, view: TargetView) -> torch.Tensor:
+        """(B, N + 1, V) target distribution at every verified column of ``scores`` (processed, masked)."""
+        ...
+
+    def commit(self, result: StepResult, own: torch.Tensor) -> torch.Tensor:
+        """The step committed ``result`` (``own`` (B,): each row's own tokens, up to its stop);
+        returns the per-row log-weight of what was committed (0 for exact rules). May learn from it."""
+        ...
+
+
+class SoftmaxTarget:
+    """The default verifier target: softmax of the processed (grammar-masked) scores; weight 0."""
+
+    mask_last = False
+
+    def probs(self, scores: torch.Tensor, view: TargetView | None = None) -> torch.Tensor:
+        return torch.softmax(scores, dim=-1)
+
+    def commit(self, result: StepResult, own: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(result.log_weight)
 
 
 def softmax_target(scores: torch.Tensor) -> torch.Tensor:
-    """The default verifier target: softmax of the processed (grammar-masked) scores."""
+    """The default verifier target as a function: softmax of the processed (grammar-masked) scores."""
     return torch.softmax(scores, dim=-1)

@@ -283,7 +283,7 @@ def test_find_continuations_distinct_best_first():
 def test_engine_accept_tree_nothing_accepted_keeps_the_root_column():
     """Regression: a tree step in which no row accepts a node still commits the root (path width 1)."""
     from hfspec.engine import accept
-    from hfspec.step import softmax_target
+    from hfspec.step import softmax_target  # the function form of SoftmaxTarget
 
     parents, num_nodes = torch.tensor([[-1, -1, 0]] * 2), torch.tensor([3, 2])
     tokens = torch.tensor([[4, 5, 6], [4, 5, 0]])

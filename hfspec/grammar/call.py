@@ -58,7 +58,8 @@ def prepare(
         raise ConfigurationError(f"on_incomplete must be 'error' or 'flag', got {on_incomplete!r}.")
     if not isinstance(spec, GrammarSpec):
         raise GrammarError(
-            "grammar= must be an hfspec grammar spec (hfspec.JSONSchema, JSON, Regex, EBNF, Lark, StructuralTag); "
+            "grammar= must be an hfspec grammar spec (hfspec.JSONSchema, JSON, Regex, EBNF, Lark, StructuralTag, Crane) "
+            "or hfspec.GrammarAligned(spec); "
             f"got {type(spec).__name__}."
         )
     if generation_config.num_beams > 1:

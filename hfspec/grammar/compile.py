@@ -111,7 +111,8 @@ def compile_spec(spec: GrammarSpec, tokenizer: Any, vocab_size: int):
     """The cached ``xgrammar.CompiledGrammar`` of ``spec`` for this tokenizer and width."""
     if not isinstance(spec, GrammarSpec):
         raise GrammarError(
-            f"grammar= must be an hfspec grammar spec (hfspec.JSONSchema, Regex, EBNF, Lark, StructuralTag, JSON); "
+            "grammar= must be an hfspec grammar spec "
+            f"(hfspec.JSONSchema, Regex, EBNF, Lark, StructuralTag, JSON, Crane); "
             f"got {type(spec).__name__}."
         )
     check_enforceable(spec)
