@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from hfspec.bench import aligned as bench_aligned
 from hfspec.bench import batch as bench_batch
 from hfspec.bench import grammar as bench_grammar
 from hfspec.bench import harness, markdown
@@ -38,7 +39,12 @@ from hfspec.exceptions import HfspecError
 RESULTS_DIR = pathlib.Path("benchmarks") / "results"
 DEFAULT_MARKDOWN = pathlib.Path("BENCHMARKS.md")
 # every results file's schema -> the module that renders it (hfspec render)
-BENCHMARKS = {bench.SCHEMA: bench, bench_batch.SCHEMA: bench_batch, bench_grammar.SCHEMA: bench_grammar}
+BENCHMARKS = {
+    bench.SCHEMA: bench,
+    bench_batch.SCHEMA: bench_batch,
+    bench_grammar.SCHEMA: bench_grammar,
+    bench_aligned.SCHEMA: bench_aligned,
+}
 
 
 # --------------------------------------------------------------------------- argument types
@@ -107,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hfspec", description="hfspec: lossless speculative decoding for HF generate()."
     )
     sub = parser.add_subparsers(
-        dest="command", required=True, metavar="{bench,bench-batch,bench-grammar,demo,render,conformance}"
+        dest="command", required=True,
+        metavar="{bench,bench-batch,bench-grammar,bench-aligned,demo,render,conformance}",
     )
 
     b = sub.add_parser(
@@ -152,6 +159,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_args(bg)
     _add_grammar_args(bg)
+
+    ba = sub.add_parser(
+        "bench-aligned",
+        help="grammar-aligned sampling: masked vs ASAp vs exact, with and without a draft (answers, cost)",
+        description="Draw constrained answers whose natural phrasing the grammar cuts, with masked decoding, "
+        "GrammarAligned ASAp and exact (each also with the draft model), in one process; report the answers, "
+        "their log-likelihood under the unconstrained model, TV to the exact method's, acceptance, target "
+        "forwards and seconds per sample.",
+    )
+    ba.add_argument("--tiny", action="store_true", help="tiny in-process models and a toy regex (seconds; CI)")
+    ba.add_argument("--samples", type=positive_int, default=64, help="samples per (task, config) (default 64)")
+    ba.add_argument("--batch", type=positive_int, default=16, help="rows per generate() call (default 16)")
+    ba.add_argument("--max-new-tokens", type=positive_int, default=8)
+    ba.add_argument("--threads", type=positive_int, default=available_cores(), help="torch threads")
+    ba.add_argument("--seed", type=int, default=0)
+    ba.add_argument("--configs", type=comma_list(bench_aligned.CONFIGS), default=bench_aligned.CONFIGS)
+    ba.add_argument("--tasks", type=comma_list(tuple(bench_aligned.TASKS)), default=tuple(bench_aligned.TASKS))
+    ba.add_argument("--out", default=None, help=f"results JSON (default {RESULTS_DIR / bench_aligned.DEFAULT_OUT})")
+    ba.add_argument("--markdown", default=None, help=f"markdown to update (default {DEFAULT_MARKDOWN}; none for --tiny)")
+    ba.add_argument("--no-markdown", action="store_true", help="do not touch the markdown file")
+    ba.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ba.set_defaults(func=cmd_bench_aligned)
 
     d = sub.add_parser(
         "demo",
@@ -394,6 +423,22 @@ def cmd_bench_grammar(args: argparse.Namespace, command: str) -> int:
     return publish(bench_grammar, settings, out, args, command)
 
 
+def cmd_bench_aligned(args: argparse.Namespace, command: str) -> int:
+    """``hfspec bench-aligned``: run, write the JSON, print, update the markdown (as bench does)."""
+    settings = bench_aligned.AlignedBenchSettings(
+        tiny=args.tiny, samples=args.samples, batch=args.batch, max_new_tokens=args.max_new_tokens,
+        threads=args.threads, seed=args.seed, configs=args.configs, tasks=args.tasks, progress=not args.no_progress,
+    )
+    torch.set_num_threads(settings.threads)
+    if args.out:
+        out = pathlib.Path(args.out)
+    elif settings.tiny:
+        out = RESULTS_DIR / f"{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}-aligned-tiny.json"
+    else:
+        out = RESULTS_DIR / bench_aligned.DEFAULT_OUT
+    return publish(bench_aligned, settings, out, args, command)
+
+
 # --------------------------------------------------------------------------- commands
 def cmd_bench(args: argparse.Namespace, command: str) -> int:
     return _run_and_publish(args, command, bench, prefix="")
@@ -489,7 +534,7 @@ def cmd_render(args: argparse.Namespace, command: str) -> int:
     kind = BENCHMARKS.get(results.get("schema"))
     if kind is None:
         raise HfspecError(
-            f"{path} is not an hfspec bench, bench-batch, bench-grammar or verify-curve results file "
+            f"{path} is not an hfspec bench, bench-batch, bench-grammar, bench-aligned or verify-curve results file "
             f"(schema {results.get('schema')!r})"
         )
     write_section(kind, results, path, args.markdown)
