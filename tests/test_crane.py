@@ -436,3 +436,28 @@ def test_tokenizer_comes_from_the_answer_and_must_agree(tok):
 
     with pytest.raises(hfspec.GrammarError, match="different tokenizers"):
         Crane(hfspec.JSON(tokenizer=tok), tokenizer=tiny_tokenizer(64))
+
+
+@pytest.mark.parametrize("method", ["asap", "exact"])
+def test_crane_under_grammar_aligned_sampling(target, draft, tok, method):
+    """GrammarAligned(Crane(...)): every returned row is free text + START + answer + END, with and
+    without speculation (the aligned law itself is tested in tests/test_aligned.py). The exact method
+    gets a small language (no reasoning, one digit): under a random tiny model free text is so
+    unlikely to end in an answer that exact rejection would need millions of attempts."""
+    if method == "asap":
+        spec = Crane(answers(tok)["regex"], start=START, end=END, tokenizer=tok, max_reasoning_chars=4)
+        prompts = PROMPTS[:4]
+    else:
+        spec = Crane(hfspec.Regex("[0-9]"), start=START, end=END, tokenizer=tok, max_reasoning_chars=0)
+        prompts = PROMPTS[:1].repeat(4, 1)
+    aligned = hfspec.GrammarAligned(spec, method=method, max_rounds=400)
+    for strategy in (None, hfspec.DraftModel(draft, num_tokens=3)):
+        torch.manual_seed(0)
+        out = target.generate(
+            prompts, attention_mask=torch.ones_like(prompts), custom_generate=hfspec.generate,
+            grammar=aligned, assistant_strategy=strategy, max_new_tokens=MAX_NEW, do_sample=True,
+            top_k=0, top_p=1.0, return_dict_in_generate=True,
+        )
+        done, problems = conformance_problems(spec, tok, out)
+        assert problems == [] and done == 4
+    assert aligned.stats.samples == 8
