@@ -116,6 +116,37 @@ def tiny_json_tokenizer():
     return tok
 
 
+class FromScratchMask:
+    """A reference grammar processor for plain ``generate(logits_processor=[...])``: masks every row
+    by re-parsing its generated tokens with a fresh xgrammar matcher at every step.
+
+    Slow and obviously right (no rollback, no state between steps), so tests compare hfspec's
+    grammar-constrained outputs with plain HF decoding under this mask. Needs the ``grammar`` extra.
+    """
+
+    def __init__(self, compiled, prompt_len: int, *, vocab_size: int, stop_token_ids=(1,)) -> None:
+        self.compiled, self.prompt_len = compiled, prompt_len
+        self.vocab_size, self.stop_token_ids = vocab_size, list(stop_token_ids)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        import xgrammar as xgr
+
+        scores = scores.float().clone()
+        bitmask = xgr.allocate_token_bitmask(input_ids.shape[0], self.vocab_size)
+        bitmask.fill_(-1)
+        for row in range(input_ids.shape[0]):
+            matcher = xgr.GrammarMatcher(self.compiled, override_stop_tokens=self.stop_token_ids)
+            ok = True
+            for token in input_ids[row, self.prompt_len :].tolist():
+                if matcher.is_terminated() or not matcher.accept_token(int(token)):
+                    ok = False
+                    break
+            if ok and not matcher.is_terminated():
+                matcher.fill_next_token_bitmask(bitmask, row)
+        xgr.apply_token_bitmask_inplace(scores, bitmask)
+        return scores
+
+
 def perturbed_copy(model: PreTrainedModel, scale: float = 0.05, seed: int = 1) -> PreTrainedModel:
     """A draft that agrees with ``model`` often but not always: weights plus Gaussian noise."""
     draft = copy.deepcopy(model)

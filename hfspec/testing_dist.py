@@ -69,3 +69,21 @@ def chi_square_pvalue(
         return 1.0
     exp = exp * (obs.sum() / exp.sum())  # scipy insists the totals agree to ~1e-8
     return float(chisquare(obs, exp).pvalue)
+
+
+def cells_pvalue(counts: dict, law: dict, **kwargs) -> float:
+    """``chi_square_pvalue`` over outcomes given as dicts (outcome -> count, outcome -> probability);
+    an observed outcome the law does not list has probability 0."""
+    cells = sorted(set(law) | set(counts))
+    return chi_square_pvalue([counts.get(c, 0) for c in cells], [law.get(c, 0.0) for c in cells], **kwargs)
+
+
+def sequence_counts(rows: Sequence[Sequence[int]], stop: int, counts: dict | None = None) -> dict:
+    """Counts of generated token sequences, each cut just after its first ``stop`` token (kept whole
+    if it has none); adds to ``counts`` when given."""
+    counts = {} if counts is None else counts
+    for row in rows:
+        row = list(row)
+        cell = tuple(row[: row.index(stop) + 1]) if stop in row else tuple(row)
+        counts[cell] = counts.get(cell, 0) + 1
+    return counts

@@ -89,16 +89,10 @@ def draw(model, grammar, rows: int, *, strategy=None, seed: int = 0, max_new: in
         input_ids=torch.tensor([PROMPT] * rows), custom_generate=hfspec.generate, grammar=grammar,
         assistant_strategy=strategy, max_new_tokens=max_new, **SAMPLING, **kwargs,
     )
-    counts: dict[tuple[int, ...], int] = {}
-    for row in out[:, len(PROMPT):].tolist():
-        cell = tuple(row[: row.index(EOS) + 1]) if EOS in row else tuple(row)
-        counts[cell] = counts.get(cell, 0) + 1
-    return counts
+    return testing_dist.sequence_counts(out[:, len(PROMPT):].tolist(), EOS)
 
 
-def pvalue(counts, law) -> float:
-    cells = sorted(set(law) | set(counts))
-    return testing_dist.chi_square_pvalue([counts.get(c, 0) for c in cells], [law.get(c, 0.0) for c in cells])
+pvalue = testing_dist.cells_pvalue
 
 
 @pytest.fixture(scope="module")

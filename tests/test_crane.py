@@ -22,13 +22,13 @@ from collections import OrderedDict
 import pytest
 import torch
 import xgrammar as xgr
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessorList
 
 import hfspec
 from hfspec.grammar import compile as grammar_compile
 from hfspec.grammar.compile import compile_spec
 from hfspec.grammar.crane import Crane
-from hfspec.testing import perturbed_copy, tiny_json_tokenizer, tiny_model
+from hfspec.testing import FromScratchMask, perturbed_copy, tiny_json_tokenizer, tiny_model
 
 VOCAB, EOS, PAD = 64, 1, 0
 START, END = "}\n", "z"
@@ -72,29 +72,6 @@ def crane(tok, kind: str) -> Crane:
     return Crane(answers(tok)[kind], start=START, end=END, tokenizer=tok)
 
 
-class FromScratchMask(LogitsProcessor):
-    """Reference: mask each row by re-parsing its generated tokens with a fresh matcher."""
-
-    def __init__(self, compiled, prompt_len: int) -> None:
-        self.compiled, self.prompt_len = compiled, prompt_len
-
-    def __call__(self, input_ids, scores):
-        scores = scores.float().clone()
-        bitmask = xgr.allocate_token_bitmask(input_ids.shape[0], VOCAB)
-        bitmask.fill_(-1)
-        for row in range(input_ids.shape[0]):
-            matcher = xgr.GrammarMatcher(self.compiled, override_stop_tokens=[EOS])
-            ok = True
-            for token in input_ids[row, self.prompt_len:].tolist():
-                if matcher.is_terminated() or not matcher.accept_token(int(token)):
-                    ok = False
-                    break
-            if ok and not matcher.is_terminated():
-                matcher.fill_next_token_bitmask(bitmask, row)
-        xgr.apply_token_bitmask_inplace(scores, bitmask)
-        return scores
-
-
 def own_compile(tok, structural_tag: dict):
     """Compiled by a fresh xgrammar compiler: none of hfspec's caches or compile code."""
     info = xgr.TokenizerInfo.from_huggingface(tok, vocab_size=VOCAB)
@@ -118,7 +95,9 @@ def reference(target, tok, structural_tag: dict) -> list:
         compiled = own_compile(tok, structural_tag)
         out = target.generate(
             input_ids=PROMPTS, attention_mask=torch.ones_like(PROMPTS), max_new_tokens=MAX_NEW, do_sample=False,
-            logits_processor=LogitsProcessorList([FromScratchMask(compiled, PROMPTS.shape[1])]),
+            logits_processor=LogitsProcessorList(
+                [FromScratchMask(compiled, PROMPTS.shape[1], vocab_size=VOCAB, stop_token_ids=[EOS])]
+            ),
         )
         _references[key] = out.tolist()
     return _references[key]

@@ -14,7 +14,7 @@ import warnings
 import pytest
 import torch
 import xgrammar as xgr
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessorList
 
 import hfspec
 import hfspec.acceptance
@@ -22,34 +22,11 @@ from hfspec import testing_dist
 from hfspec.grammar import call as grammar_call
 from hfspec.grammar.compile import compile_spec
 from hfspec.grammar.rows import GrammarRows
-from hfspec.testing import perturbed_copy, tiny_json_tokenizer, tiny_model
+from hfspec.testing import FromScratchMask, perturbed_copy, tiny_json_tokenizer, tiny_model
 
 ALPHA = 1e-3
 VOCAB = 64
 EOS = 1
-
-
-class FromScratchMask(LogitsProcessor):
-    """Reference: mask each row by re-parsing its generated tokens with a fresh matcher."""
-
-    def __init__(self, compiled, prompt_len: int) -> None:
-        self.compiled, self.prompt_len = compiled, prompt_len
-
-    def __call__(self, input_ids, scores):
-        scores = scores.float().clone()
-        bitmask = xgr.allocate_token_bitmask(input_ids.shape[0], VOCAB)
-        bitmask.fill_(-1)
-        for row in range(input_ids.shape[0]):
-            matcher = xgr.GrammarMatcher(self.compiled, override_stop_tokens=[EOS])
-            ok = True
-            for token in input_ids[row, self.prompt_len :].tolist():
-                if matcher.is_terminated() or not matcher.accept_token(int(token)):
-                    ok = False
-                    break
-            if ok and not matcher.is_terminated():
-                matcher.fill_next_token_bitmask(bitmask, row)
-        xgr.apply_token_bitmask_inplace(scores, bitmask)
-        return scores
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +76,9 @@ def pairs():
 def reference(model, ids, mask, spec, tok, max_new):
     compiled = compile_spec(spec, tok, VOCAB)
     return model.generate(
-        input_ids=ids, attention_mask=mask, logits_processor=LogitsProcessorList([FromScratchMask(compiled, ids.shape[1])]),
+        input_ids=ids, attention_mask=mask, logits_processor=LogitsProcessorList(
+            [FromScratchMask(compiled, ids.shape[1], vocab_size=VOCAB, stop_token_ids=[EOS])]
+        ),
         max_new_tokens=max_new, do_sample=False,
     )
 
@@ -275,15 +254,11 @@ def sample_counts(model, spec, strategy, jump_forward: bool = True) -> dict[tupl
             max_new_tokens=MAX_NEW, do_sample=True, temperature=TEMPERATURE, top_k=0, top_p=1.0,
             jump_forward=jump_forward,
         )
-        for row in out[:, len(SAMPLE_PROMPT):].tolist():
-            cell = tuple(row[: row.index(EOS) + 1]) if EOS in row else tuple(row)
-            counts[cell] = counts.get(cell, 0) + 1
+        testing_dist.sequence_counts(out[:, len(SAMPLE_PROMPT):].tolist(), EOS, counts)
     return counts
 
 
-def pvalue(counts, exact) -> float:
-    cells = sorted(set(exact) | set(counts))
-    return testing_dist.chi_square_pvalue([counts.get(c, 0) for c in cells], [exact.get(c, 0.0) for c in cells])
+pvalue = testing_dist.cells_pvalue
 
 
 @pytest.fixture(scope="module")

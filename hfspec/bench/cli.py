@@ -414,13 +414,7 @@ def cmd_bench_grammar(args: argparse.Namespace, command: str) -> int:
     """``hfspec bench-grammar``: run, write the JSON, print, update the markdown (as bench does)."""
     settings = grammar_settings_from_args(args)
     torch.set_num_threads(settings.threads)
-    if args.out:
-        out = pathlib.Path(args.out)
-    elif settings.tiny:
-        out = RESULTS_DIR / f"{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}-grammar-tiny.json"
-    else:
-        out = RESULTS_DIR / bench_grammar.DEFAULT_OUT
-    return publish(bench_grammar, settings, out, args, command)
+    return publish(bench_grammar, settings, results_path(args, settings.tiny, "grammar", bench_grammar), args, command)
 
 
 def cmd_bench_aligned(args: argparse.Namespace, command: str) -> int:
@@ -430,13 +424,16 @@ def cmd_bench_aligned(args: argparse.Namespace, command: str) -> int:
         threads=args.threads, seed=args.seed, configs=args.configs, tasks=args.tasks, progress=not args.no_progress,
     )
     torch.set_num_threads(settings.threads)
+    return publish(bench_aligned, settings, results_path(args, settings.tiny, "aligned", bench_aligned), args, command)
+
+
+def results_path(args: argparse.Namespace, tiny: bool, name: str, kind) -> pathlib.Path:
+    """--out if given; a time-stamped file for --tiny runs; else the benchmark's committed results file."""
     if args.out:
-        out = pathlib.Path(args.out)
-    elif settings.tiny:
-        out = RESULTS_DIR / f"{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}-aligned-tiny.json"
-    else:
-        out = RESULTS_DIR / bench_aligned.DEFAULT_OUT
-    return publish(bench_aligned, settings, out, args, command)
+        return pathlib.Path(args.out)
+    if tiny:
+        return RESULTS_DIR / f"{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}-{name}-tiny.json"
+    return RESULTS_DIR / kind.DEFAULT_OUT
 
 
 # --------------------------------------------------------------------------- commands
