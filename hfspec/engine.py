@@ -147,6 +147,16 @@ def accept(
     )
 
 
+def draft_processor(processor: PrefixProcessor, verify_target: VerifyTarget) -> PrefixProcessor:
+    """The processor proposers see: the target's, plus the verify target's ``draft_reweight`` if it
+    has one (aligned targets move the draft's q towards their own law; q stays what drafts are drawn from)."""
+    reweight = getattr(verify_target, "draft_reweight", None)
+    if reweight is None:
+        return processor
+    return PrefixProcessor(processor.processors, grammar=processor.grammar, mask_last=processor.mask_last,
+                           reweight=reweight)
+
+
 def pad_drafts(ids, parents, num_nodes, forced, others, room, pad_id: int):
     """Replace the proposal of ``forced`` rows (stopped rows whose scores HF still records) by a
     chain of pad tokens: as many as the widest of the ``others`` (rows still drafting) drafts, so
@@ -268,7 +278,7 @@ def speculative_generate(
         SessionContext(
             target=model,
             generation_config=generation_config,
-            processor=processor,
+            processor=draft_processor(processor, verify_target),
             do_sample=do_sample,
             vocab_size=lm_head_width(model),
             batch_size=batch,

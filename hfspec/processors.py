@@ -39,10 +39,14 @@ _POSITION_FREE = tuple(
 class PrefixProcessor:
     """Runs one ``LogitsProcessorList`` over scores whose prefixes are given per row."""
 
-    def __init__(self, processors: LogitsProcessorList | None, grammar=None, *, mask_last: bool = False) -> None:
+    def __init__(
+        self, processors: LogitsProcessorList | None, grammar=None, *, mask_last: bool = False, reweight=None
+    ) -> None:
         self.processors = processors if processors is not None else LogitsProcessorList()
         self.grammar = grammar
         self.mask_last = mask_last
+        # reweight(ids, lengths, extra, scores) -> scores: applied last (aligned drafts add log ĉ)
+        self.reweight = reweight
         self.position_free = all(isinstance(p, _POSITION_FREE) for p in self.processors)
         self.unmasked: torch.Tensor | None = None  # (B, n, V): the last call's scores before the mask (mask_last)
         # (B, n): log of the grammar-allowed mass of softmax(unmasked); -inf where none survived the
@@ -62,6 +66,10 @@ class PrefixProcessor:
             return self._process(ids, lengths, extra, scores)
         if not self.mask_last:
             return self._process(ids, lengths, extra, self.grammar.apply(scores.clone(), extra))
+        masked = self._mask_last(ids, lengths, extra, scores)
+        return masked if self.reweight is None else self.reweight(ids, lengths, extra, masked)
+
+    def _mask_last(self, ids, lengths, extra, scores) -> torch.Tensor:
         self.unmasked = self._process(ids, lengths, extra, scores)
         masked = self.grammar.apply(self.unmasked.clone(), extra)
         lse = torch.logsumexp(masked, dim=-1)

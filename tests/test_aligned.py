@@ -270,3 +270,30 @@ def test_planted_masked_verification_breaks_aligned_speculation(toy, monkeypatch
     monkeypatch.setattr(aligned_rounds, "AlignedTarget", MaskedVerification)
     counts = draw(target, aligned, 600, strategy=hfspec.DraftModel(draft, num_tokens=3), seed=22, jump_forward=False)
     assert pvalue(counts, qhat) < ALPHA
+
+
+class MaskedDrafts(AlignedTarget):
+    """Drafts drawn from the draft's masked law, without the trie's ĉ (exact too, just accepted less)."""
+
+    draft_reweight = None
+
+
+@pytest.mark.parametrize("target_class", [AlignedTarget, MaskedDrafts])
+def test_drafts_reweighted_by_the_trie_are_accepted_more_often(toy, exact_laws, monkeypatch, target_class):
+    """The draft's q moves towards Q̂ (its masked scores plus log ĉ of known children): the law stays Q,
+    and a close draft is accepted more often than with its masked q (0.90 vs 0.74 with these seeds)."""
+    _, target, _, spec, _ = toy
+    draft = perturbed_copy(target, 0.05, seed=4)
+    monkeypatch.setattr(aligned_rounds, "AlignedTarget", target_class)
+    aligned = hfspec.GrammarAligned(spec, method="exact")
+    stats = hfspec.SpecStats()
+    counts: dict = {}
+    for seed in range(3):
+        for cell, n in draw(target, aligned, 200, strategy=hfspec.DraftModel(draft, num_tokens=3), seed=seed,
+                            jump_forward=False, speculation_stats=stats).items():
+            counts[cell] = counts.get(cell, 0) + n
+    assert pvalue(counts, exact_laws[1]) >= ALPHA
+    if target_class is AlignedTarget:
+        assert stats.acceptance_rate > 0.85, stats.acceptance_rate
+    else:
+        assert stats.acceptance_rate < 0.8, stats.acceptance_rate

@@ -62,7 +62,7 @@ def generate_aligned(
         rows = GrammarRows(compiled, len(todo), vocab_size, call.stop_token_ids)
         log_u = torch.rand(len(todo), dtype=torch.float64).log() if aligned.method == "exact" else None
         target = AlignedTarget([aligned.trie(keys[r]) for r in todo], call.stop_token_ids,
-                               live=aligned.method == "asap", log_u=log_u, learn=aligned.learn)
+                               live=aligned.method == "asap", log_u=log_u, learn=aligned.learn, prompt_len=prompt_len)
         forwards, row_steps = spec_stats.target_forwards, spec_stats.row_steps
         index = torch.tensor(todo)
         out = speculative_generate(

@@ -39,16 +39,18 @@ class AlignedTarget:
         live: bool,
         log_u: torch.Tensor | None,
         learn: bool = True,
+        prompt_len: int = 0,
     ) -> None:
         """tries: row i's trie (rows with the same prompt share one); live: learn after every
         commit (ASAp) instead of at ``finish`` (exact); log_u (B,): log of each row's uniform
         acceptance draw (exact), None = never reject on weight (ASAp); learn: False reads the
-        tries and never changes them."""
+        tries and never changes them; prompt_len: the ids column where generation starts (the tries' root)."""
         b = len(tries)
         self.tries = tries
         self.stops = set(stop_token_ids)
         self.live = live and learn
         self.learn = learn
+        self.prompt_len = prompt_len
         self.log_u = log_u
         self.cursor: list[Node | None] = [t.root for t in tries]  # node of the committed prefix
         self.anchor: list[Node | None] = [t.root for t in tries]  # where ``pending`` steps start
@@ -124,6 +126,37 @@ class AlignedTarget:
         if self.log_u is not None:
             self.rejected |= self.log_weight < self.log_u
         return step_weight.to(result.log_weight.dtype)
+
+    def draft_reweight(
+        self, ids: torch.Tensor, lengths: torch.Tensor, extra: torch.Tensor, scores: torch.Tensor
+    ) -> torch.Tensor:
+        """The draft's masked scores (B, n, V) plus log ĉ of the children the trie knows, at every
+        drafted position (prefixes as in ``PrefixProcessor``): q moves towards Q̂, so more drafts are
+        accepted. q is still exactly what the draft samples from, so the law does not change."""
+        b, n, _ = scores.shape
+        offset = extra.shape[1] - (n - 1)
+        rows, lens = extra.tolist(), lengths.tolist()
+        out = None
+        for row in range(b):
+            start = self.prompt_len + int(self.generated[row])
+            node = self.cursor[row]
+            if node is None or lens[row] < start:
+                continue
+            node = self._walk(node, ids[row, start : lens[row]].tolist() + rows[row][:offset])
+            for j in range(n):
+                if j > 0:
+                    node = PrefixTrie.child(node, rows[row][offset + j - 1])
+                if node is None:
+                    break
+                if node.allowed is None or not node.children:
+                    continue
+                tokens, values = PrefixTrie.explored(node)
+                out = scores.clone() if out is None else out
+                column = out[row, j]
+                column[tokens] += torch.tensor([_log(x) for x in values], dtype=column.dtype, device=column.device)
+                if not bool(torch.isfinite(column).any()):  # every known child dead: keep the masked law
+                    out[row, j] = scores[row, j]
+        return scores if out is None else out
 
     # ------------------------------------------------------------------ after the call
     def finish(self, budget: int, invalid: list[bool]) -> torch.Tensor:
