@@ -80,11 +80,14 @@ class AlignedTarget:
                                    batch.num_nodes[row : row + 1], column)[0]
                 columns.append(self._walk(self.cursor[row], path))
             for column, node in enumerate(columns):
+                if node is not None and node.value == 0.0:  # proven dead: Q̂ never gets here from the parent
+                    log_inc[row, column] = -math.inf
+                    continue
                 if node is None or node.allowed is None or not node.children:
                     if node is not None and node.fixed:
-                        log_inc[row, column] = -math.inf if node.value == 0.0 else 0.0
-                    elif node is not None and node.allowed is not None:
-                        log_inc[row, column] = log_allowed[row, column] - _log(node.value)
+                        log_inc[row, column] = 0.0
+                    elif node is not None and node.allowed is not None:  # known, no child explored: U = A
+                        log_inc[row, column] = log_allowed[row, column] - math.log(node.value)
                     continue
                 tokens, values = PrefixTrie.explored(node)
                 idx = torch.tensor(tokens, device=probs.device)
@@ -95,7 +98,7 @@ class AlignedTarget:
                     probs[row, column] = torch.softmax(scores[row, column].double(), dim=-1)
                     continue
                 probs[row, column] /= total
-                log_inc[row, column] = log_allowed[row, column] + math.log(total) - _log(node.value)
+                log_inc[row, column] = log_allowed[row, column] + math.log(total) - math.log(node.value)
             nodes.append(columns)
         log_p = torch.log_softmax(view.unmasked, dim=-1)  # (B, C, V) the LM's own P (processors, no mask)
         self._step = (log_p, log_allowed, num_allowed, log_inc, nodes)
