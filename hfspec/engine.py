@@ -318,10 +318,7 @@ def speculative_generate(
             scores = processor(ids, lengths, verify.node_tokens, logits)
         else:
             scores = process_tree(processor, ids, lengths, verify, logits)
-        if processor.mask_last:
-            view = TargetView(ids, lengths, verify, processor.unmasked, processor.log_allowed)
-        else:
-            view = TargetView(ids, lengths, verify)
+        view = TargetView(ids, lengths, verify, processor.unmasked, processor.log_allowed)  # None unless mask_last
 
         def target(processed, view=view):
             return verify_target.probs(processed, view)

@@ -149,8 +149,3 @@ class SoftmaxTarget:
 
     def commit(self, result: StepResult, own: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(result.log_weight)
-
-
-def softmax_target(scores: torch.Tensor) -> torch.Tensor:
-    """The default verifier target as a function: softmax of the processed (grammar-masked) scores."""
-    return torch.softmax(scores, dim=-1)

@@ -55,3 +55,10 @@ def _as_ids(value: EosTokenId) -> list[int]:
     if isinstance(value, (list, tuple)):
         return [int(v) for v in value if v is not None]
     return [int(value)]
+
+
+def until_stop(ids: Sequence[int], stops: Iterable[int]) -> list[int]:
+    """The tokens of ``ids`` before its first stop token (all of them if it has none)."""
+    stops = set(stops)
+    ids = list(ids)
+    return next((ids[:i] for i, token in enumerate(ids) if token in stops), ids)

@@ -283,7 +283,7 @@ def test_find_continuations_distinct_best_first():
 def test_engine_accept_tree_nothing_accepted_keeps_the_root_column():
     """Regression: a tree step in which no row accepts a node still commits the root (path width 1)."""
     from hfspec.engine import accept
-    from hfspec.step import softmax_target  # the function form of SoftmaxTarget
+    from hfspec.step import SoftmaxTarget
 
     parents, num_nodes = torch.tensor([[-1, -1, 0]] * 2), torch.tensor([3, 2])
     tokens = torch.tensor([[4, 5, 6], [4, 5, 0]])
@@ -291,7 +291,7 @@ def test_engine_accept_tree_nothing_accepted_keeps_the_root_column():
                                torch.tensor([1, 2]), tokens, parents, num_nodes)
     scores = torch.full((2, 4, 8), -5.0)
     scores[:, :, 7] = 5.0  # the target wants token 7 everywhere: no draft matches
-    result = accept(scores, batch, None, False, softmax_target)
+    result = accept(scores, batch, None, False, SoftmaxTarget().probs)
     assert result.path.tolist() == [[0], [0]] and result.num_accepted.tolist() == [0, 0]
     assert result.emitted[:, 0].tolist() == [7, 7]
 

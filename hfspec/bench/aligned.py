@@ -22,7 +22,7 @@ import torch
 
 import hfspec
 from hfspec.bench import environment, harness, markdown
-from hfspec.stopping import stop_token_ids
+from hfspec.stopping import stop_token_ids, until_stop
 
 SCHEMA = "hfspec-bench-aligned/1"
 CONFIGS = ("masked", "asap", "exact", "masked+draft", "asap+draft", "exact+draft")
@@ -136,9 +136,9 @@ def run_config(settings: AlignedBenchSettings, work: Workload, task: Task, confi
             num_return_sequences=rows, speculation_stats=stats, on_incomplete="flag",
         )
         for row in out[:, task.prompt_ids.shape[1] :].tolist():
-            end = next((i for i, t in enumerate(row) if t in stops), None)
-            ids.append(row[: end + 1] if end is not None else row)
-            answers.append(work.tokenizer.decode(row[:end] if end is not None else row))
+            answer = until_stop(row, stops)
+            ids.append(row[: len(answer) + 1])  # with its stop token (scored too), when it has one
+            answers.append(work.tokenizer.decode(answer))
         attempts += grammar.last_call.attempts if method != "masked" else rows
         done += rows
     wall = time.perf_counter() - start

@@ -21,7 +21,7 @@ from hfspec.exceptions import ConfigurationError, GrammarError, IncompleteOutput
 from hfspec.grammar.compile import compile_spec, resolve_tokenizer
 from hfspec.grammar.rows import GrammarRows
 from hfspec.grammar.specs import GrammarSpec
-from hfspec.stopping import stop_token_ids
+from hfspec.stopping import stop_token_ids, until_stop
 
 OnIncomplete = Literal["error", "flag"]
 
@@ -76,7 +76,7 @@ def prepare(
 def finish(call: GrammarCall, result, prompt_len: int):
     """Check every row; raise, or warn and flag, for rows that are incomplete or invalid."""
     sequences = result if isinstance(result, torch.Tensor) else result.sequences
-    texts = [call.tokenizer.decode(_until_stop(seq[prompt_len:].tolist(), call.stop_token_ids)) for seq in sequences]
+    texts = [call.tokenizer.decode(until_stop(seq[prompt_len:].tolist(), call.stop_token_ids)) for seq in sequences]
     report = call.rows.report(texts, call.spec.validation_errors)
     bad = report.bad_rows
     if bad:
@@ -100,10 +100,3 @@ def finish(call: GrammarCall, result, prompt_len: int):
         grammar_valid=torch.tensor([ok and not errs for ok, errs in zip(report.complete, report.errors, strict=True)]),
         grammar_errors=report.errors,
     )
-
-
-def _until_stop(ids: list[int], stops: list[int]) -> list[int]:
-    for i, token in enumerate(ids):
-        if token in stops:
-            return ids[:i]
-    return ids

@@ -18,6 +18,7 @@ from hfspec.grammar.aligned.target import AlignedTarget
 from hfspec.grammar.call import GrammarCall
 from hfspec.grammar.compile import compile_spec
 from hfspec.grammar.rows import GrammarRows
+from hfspec.stopping import until_stop
 
 
 class RejectedRows(StoppingCriteria):
@@ -73,7 +74,9 @@ def generate_aligned(
         out = out if isinstance(out, torch.Tensor) else out.sequences
         invalid = []
         for i, complete in enumerate(target.complete.tolist()):
-            text = _text(call, out[i, prompt_len:].tolist()) if complete and not target.rejected[i] else None
+            text = None
+            if complete and not target.rejected[i]:
+                text = call.tokenizer.decode(until_stop(out[i, prompt_len:].tolist(), call.stop_token_ids))
             invalid.append(bool(text is not None and call.spec.validation_errors(text)))
         accepted = target.finish(budget, invalid).tolist()
         this_call.rounds += 1
@@ -107,11 +110,3 @@ def generate_aligned(
     for row, seq in enumerate(results):
         sequences[row, : seq.shape[0]] = seq
     return sequences
-
-
-def _text(call: GrammarCall, ids: list[int]) -> str:
-    for i, token in enumerate(ids):
-        if token in call.stop_token_ids:
-            ids = ids[:i]
-            break
-    return call.tokenizer.decode(ids)

@@ -23,7 +23,6 @@ import torch
 
 from hfspec.grammar.aligned.trie import Node, PrefixTrie, Step
 from hfspec.step import StepResult, TargetView
-from hfspec.tree import path_tokens
 
 
 class AlignedTarget:
@@ -71,14 +70,12 @@ class AlignedTarget:
         num_allowed = torch.where(torch.isfinite(log_allowed), torch.isfinite(scores).sum(dim=-1), 0)  # (B, C)
         log_inc = log_allowed.clone()  # (B, C): log Z(x) − log ĉ(x) (new prefixes: log A(x))
         nodes: list[list[Node | None]] = []
-        batch = view.batch
-        num_nodes = batch.num_nodes.tolist()
+        tokens_of, parents_of = view.batch.node_tokens.tolist(), view.batch.parents.tolist()
+        num_nodes = view.batch.num_nodes.tolist()
         for row in range(b):
-            columns: list[Node | None] = [self.cursor[row]]
-            for column in range(1, min(c, num_nodes[row] + 1)):
-                path = path_tokens(batch.node_tokens[row : row + 1], batch.parents[row : row + 1],
-                                   batch.num_nodes[row : row + 1], column)[0]
-                columns.append(self._walk(self.cursor[row], path))
+            columns: list[Node | None] = [self.cursor[row]]  # column j + 1 is node j: its parent's column + its token
+            for j in range(min(c - 1, num_nodes[row])):
+                columns.append(PrefixTrie.child(columns[parents_of[row][j] + 1], tokens_of[row][j]))
             for column, node in enumerate(columns):
                 if node is not None and node.value == 0.0:  # proven dead: Q̂ never gets here from the parent
                     log_inc[row, column] = -math.inf
