@@ -202,28 +202,10 @@ def force_pads(result: StepResult, forced: torch.Tensor, num_nodes: torch.Tensor
 
 def process_tree(processor: PrefixProcessor, ids, lengths, batch: VerifyBatch, logits) -> torch.Tensor:
     """Processed scores (B, N+1, V) where each column's prefix is the committed ids + its path
-    (with ``processor.mask_last``, ``processor.unmasked`` ends up holding every column's too)."""
-    if processor.position_free and processor.grammar is None:
-        return processor(ids, lengths, ids[:, :0], logits)
-    out = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
-    unmasked = torch.empty_like(out) if processor.mask_last else None
-    log_allowed = out.new_empty(out.shape[:2]) if processor.mask_last else None
-    depth_max = batch.node_tokens.shape[1]
-    for column in range(logits.shape[1]):
-        paths = path_tokens(batch.node_tokens, batch.parents, batch.num_nodes, column)
-        prefix = ids.new_zeros((ids.shape[0], ids.shape[1] + depth_max))
-        prefix[:, : ids.shape[1]] = ids
-        for row, path in enumerate(paths):
-            start = int(lengths[row])
-            prefix[row, start : start + len(path)] = torch.tensor(path, dtype=ids.dtype)
-        new_lengths = lengths + torch.tensor([len(p) for p in paths], dtype=lengths.dtype)
-        out[:, column : column + 1] = processor(prefix, new_lengths, ids[:, :0], logits[:, column : column + 1])
-        if unmasked is not None:
-            unmasked[:, column : column + 1] = processor.unmasked
-            log_allowed[:, column : column + 1] = processor.log_allowed
-    if unmasked is not None:
-        processor.unmasked, processor.log_allowed = unmasked, log_allowed
-    return out
+    (grammar masks at every node's own state; ``PrefixProcessor.at_paths``)."""
+    columns = range(logits.shape[1])
+    paths = [path_tokens(batch.node_tokens, batch.parents, batch.num_nodes, column) for column in columns]
+    return processor.at_paths(ids, lengths, paths, logits)
 
 
 def speculative_generate(
@@ -299,7 +281,7 @@ def speculative_generate(
         )
         num_nodes = torch.minimum(proposal.lengths.cpu(), max_drafts)
         proposed, parents = proposal.ids, proposal.parents
-        if grammar is not None:
+        if grammar is not None and (parents is None or is_chain(parents)):  # trees: verification rejects
             num_nodes = torch.minimum(num_nodes, grammar.grammatical_prefix(proposed, num_nodes))
         if bool(forced.any()):
             drafting = working & ~forced

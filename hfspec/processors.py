@@ -15,6 +15,8 @@ processors run first, the grammar masks their output, and ``unmasked`` keeps wha
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from transformers import LogitsProcessorList
 from transformers.generation import logits_process as lp
@@ -68,6 +70,42 @@ class PrefixProcessor:
             return self._process(ids, lengths, extra, self.grammar.apply(scores.clone(), extra))
         masked = self._mask_last(ids, lengths, extra, scores)
         return masked if self.reweight is None else self.reweight(ids, lengths, extra, masked)
+
+    def at_paths(self, ids: torch.Tensor, lengths: torch.Tensor, paths: list[list[list[int]]],
+                 scores: torch.Tensor) -> torch.Tensor:
+        """Process ``scores`` (B, F, V) where column f of row i has prefix ids[i, :lengths[i]] + paths[f][i]
+        (token trees: every column its own root-to-node path, of any length per row).
+
+        The grammar is walked along each column's path and rolled back (``GrammarRows.assuming``,
+        nested inside any state the caller assumes), so every tree node is masked at its own state;
+        a path the grammar stops taking (a token after an ungrammatical one, or after the stop token)
+        is masked at the state where it stopped, which no acceptance rule reaches past.
+        With ``mask_last``, ``unmasked`` and ``log_allowed`` end up holding every column's.
+        Returns float32 scores (B, F, V); the input is not modified."""
+        if self.position_free and self.grammar is None:
+            return self(ids, lengths, ids[:, :0], scores)
+        b, f, _ = scores.shape
+        out = torch.empty(scores.shape, dtype=torch.float32, device=scores.device)
+        unmasked = torch.empty_like(out) if self.mask_last and self.grammar is not None else None
+        log_allowed = out.new_empty((b, f)) if unmasked is not None else None
+        depth = max((len(path) for column in paths for path in column), default=0)
+        prefix = ids.new_zeros((b, ids.shape[1] + depth))
+        prefix[:, : ids.shape[1]] = ids
+        for column in range(f):
+            rows = paths[column]
+            for row, path in enumerate(rows):
+                start = int(lengths[row])
+                prefix[row, start : start + len(path)] = torch.tensor(path, dtype=ids.dtype)
+            new_lengths = lengths + torch.tensor([len(p) for p in rows], dtype=lengths.dtype)
+            assumed = self.grammar.assuming(rows, strict=False) if self.grammar is not None else nullcontext()
+            with assumed:
+                out[:, column : column + 1] = self(prefix, new_lengths, ids[:, :0], scores[:, column : column + 1])
+            if unmasked is not None:
+                unmasked[:, column : column + 1] = self.unmasked
+                log_allowed[:, column : column + 1] = self.log_allowed
+        if unmasked is not None:
+            self.unmasked, self.log_allowed = unmasked, log_allowed
+        return out
 
     def _mask_last(self, ids, lengths, extra, scores) -> torch.Tensor:
         self.unmasked = self._process(ids, lengths, extra, scores)

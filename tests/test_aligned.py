@@ -114,7 +114,7 @@ def test_masked_decoding_samples_a_different_law(toy, exact_laws):
 
 
 # ---------------------------------------------------------------------------- exact method
-STRATEGIES = ["none", "none/no-jump", "draft-sampled", "draft-greedy", "lookup"]
+STRATEGIES = ["none", "none/no-jump", "draft-sampled", "draft-greedy", "lookup", "draft-tree", "lookup-tree"]
 
 
 def strategy_for(name, draft):
@@ -123,6 +123,8 @@ def strategy_for(name, draft):
         "draft-sampled": hfspec.DraftModel(draft, num_tokens=3),
         "draft-greedy": hfspec.DraftModel(draft, num_tokens=3, do_sample=False),
         "lookup": hfspec.PromptLookup(num_tokens=3, min_ngram=1),
+        "draft-tree": hfspec.DraftModel(draft, num_tokens=4, tree=hfspec.TreeSpec(top_k=2, depth=3)),
+        "lookup-tree": hfspec.PromptLookup(num_tokens=4, min_ngram=1, num_branches=3),
     }[name.partition("/")[0]]
 
 
@@ -242,7 +244,7 @@ def test_planted_unexplored_zero_does_not_converge(toy, exact_laws, monkeypatch)
     assert not curve[-1] < 0.1 * kl(q, masked), curve
 
 
-@pytest.mark.parametrize("name", ["draft-sampled", "lookup"])
+@pytest.mark.parametrize("name", ["draft-sampled", "lookup", "draft-tree"])
 def test_aligned_speculation_matches_the_non_speculative_law(toy, name):
     """With a learned, frozen trie (learn=False) ASAp samples Q̂_trie, and speculation samples it too."""
     _, target, draft, spec, compiled = toy
@@ -260,7 +262,8 @@ def test_aligned_speculation_matches_the_non_speculative_law(toy, name):
     assert frozen.num_nodes == aligned.num_nodes  # learn=False added nothing
 
 
-def test_planted_masked_verification_breaks_aligned_speculation(toy, monkeypatch):
+@pytest.mark.parametrize("name", ["draft-sampled", "draft-tree"])
+def test_planted_masked_verification_breaks_aligned_speculation(toy, monkeypatch, name):
     _, target, draft, spec, compiled = toy
     aligned = hfspec.GrammarAligned(spec, method="asap")
     draw(target, aligned, 60, seed=20)
@@ -268,7 +271,7 @@ def test_planted_masked_verification_breaks_aligned_speculation(toy, monkeypatch
     _, _, qhat = laws(target, compiled, trie)
     aligned.learn = False
     monkeypatch.setattr(aligned_rounds, "AlignedTarget", MaskedVerification)
-    counts = draw(target, aligned, 600, strategy=hfspec.DraftModel(draft, num_tokens=3), seed=22, jump_forward=False)
+    counts = draw(target, aligned, 600, strategy=strategy_for(name, draft), seed=22, jump_forward=False)
     assert pvalue(counts, qhat) < ALPHA
 
 

@@ -61,6 +61,11 @@ def strategies(draft):
                                                  hfspec.DraftModel(draft, num_tokens=4)), True),
         "jump": (hfspec.JumpForward(), True),
         "jump+draft": (hfspec.JumpForward(hfspec.DraftModel(draft, num_tokens=4)), True),
+        # token trees: every node masked at its own state; under jump-forward the forced run is the trunk
+        "draft-tree": (hfspec.DraftModel(draft, num_tokens=5, tree=hfspec.TreeSpec(top_k=2, depth=3)), True),
+        "draft-tree/no-jump": (hfspec.DraftModel(draft, num_tokens=5, tree=hfspec.TreeSpec(top_k=2, depth=3)), False),
+        "lookup-tree": (hfspec.PromptLookup(num_tokens=5, min_ngram=1, num_branches=3), True),
+        "lookup-tree/no-jump": (hfspec.PromptLookup(num_tokens=5, min_ngram=1, num_branches=3), False),
     }
 
 
@@ -272,7 +277,9 @@ def sampling_setup(tok):
 
 
 SAMPLED = ["none", "none/no-jump", "draft-sampled", "draft-sampled/no-jump", "draft-greedy", "lookup",
-           "lookup/no-jump", "jump", "jump+draft"]
+           "lookup/no-jump", "jump", "jump+draft", "draft-tree", "draft-tree/no-jump", "draft-tree-greedy",
+           "lookup-tree", "lookup-tree/no-jump"]
+TREE = hfspec.TreeSpec(top_k=2, depth=3)
 
 
 @pytest.mark.parametrize("name", SAMPLED)
@@ -287,6 +294,9 @@ def test_sampled_constrained_distribution_is_exact(sampling_setup, name):
         "lookup": hfspec.PromptLookup(num_tokens=3, min_ngram=1),
         "jump": hfspec.JumpForward(),
         "jump+draft": hfspec.JumpForward(hfspec.DraftModel(draft, num_tokens=3)),
+        "draft-tree": hfspec.DraftModel(draft, num_tokens=4, tree=TREE),
+        "draft-tree-greedy": hfspec.DraftModel(draft, num_tokens=4, tree=TREE, do_sample=False),
+        "lookup-tree": hfspec.PromptLookup(num_tokens=4, min_ngram=1, num_branches=3),
     }[base]
     counts = sample_counts(target, spec, strategy, jump_forward=not off)
     assert pvalue(counts, exact) >= ALPHA, sorted(counts.items())
@@ -307,6 +317,26 @@ def test_planted_stale_mask_bug_is_rejected(sampling_setup, monkeypatch):
         warnings.simplefilter("ignore")
         try:
             counts = sample_counts(target, spec, hfspec.DraftModel(draft, num_tokens=3), jump_forward=False)
+        except (hfspec.GrammarError, hfspec.IncompleteOutputError):
+            return  # the engine itself refused an ungrammatical commit: rejected
+    assert pvalue(counts, exact) < ALPHA
+
+
+def test_planted_tree_nodes_masked_at_the_committed_state_are_rejected(sampling_setup, monkeypatch):
+    """Planted bug: every tree node of the verify step masked at the root's state (what the engine
+    did before trees were walked through the grammar); the same test must reject it."""
+    from hfspec.processors import PrefixProcessor
+
+    target, draft, spec, exact = sampling_setup
+
+    def root_masked(self, ids, lengths, paths, scores):
+        return self(ids, lengths, ids[:, :0], scores)
+
+    monkeypatch.setattr(PrefixProcessor, "at_paths", root_masked)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            counts = sample_counts(target, spec, hfspec.DraftModel(draft, num_tokens=4, tree=TREE), jump_forward=False)
         except (hfspec.GrammarError, hfspec.IncompleteOutputError):
             return  # the engine itself refused an ungrammatical commit: rejected
     assert pvalue(counts, exact) < ALPHA
@@ -359,7 +389,7 @@ from hypothesis import strategies as st  # noqa: E402
     prompt=st.lists(st.integers(3, 52), min_size=1, max_size=8),
     grammar=st.sampled_from(["schema", "regex", "ebnf"]),
     kind=st.sampled_from(["none", "lookup", "lookup/no-jump", "draft", "draft/no-jump", "draft-sampled-q", "jump",
-                          "jump+draft"]),
+                          "jump+draft", "draft-tree", "draft-tree/no-jump", "lookup-tree", "jump+draft-tree"]),
     num_tokens=st.integers(1, 6),
     max_new=st.integers(1, 20),
 )
@@ -374,6 +404,10 @@ def test_property_greedy_identical_with_and_without_speculation(pairs, tok, prom
         "draft-sampled-q": hfspec.DraftModel(draft, num_tokens=num_tokens, confidence_threshold=0.3),
         "jump": hfspec.JumpForward(max_tokens=num_tokens),
         "jump+draft": hfspec.JumpForward(hfspec.DraftModel(draft, num_tokens=num_tokens), max_tokens=num_tokens),
+        "draft-tree": hfspec.DraftModel(draft, num_tokens=num_tokens, tree=TREE),
+        "lookup-tree": hfspec.PromptLookup(num_tokens=num_tokens, min_ngram=1, num_branches=2),
+        "jump+draft-tree": hfspec.JumpForward(hfspec.DraftModel(draft, num_tokens=num_tokens, tree=TREE),
+                                              max_tokens=num_tokens),
     }[base]
     ids = torch.tensor([prompt])
     plain = run(target, ids, None, spec, None, max_new, jump_forward=False)
@@ -397,3 +431,19 @@ def test_compiled_plan_jumps_forward_within_its_node_budget(pairs, tok):
         forwards[jump_forward] = stats.target_forwards
         assert stats.drafted <= 3 * stats.target_forwards
     assert forwards[True] < forwards[False], forwards
+
+
+@pytest.mark.parametrize("prompt", ["single", "batch3"])
+def test_compiled_plan_with_token_trees_under_grammar(pairs, tok, prompt):
+    """A plan's fixed node budget holds a grammar's trunk plus tree; same tokens as the reference."""
+    target, draft = pairs["qwen2"]
+    spec = hfspec.Regex(FORCED_REGEX, tokenizer=tok)
+    ids, mask = PROMPTS[prompt]
+    strategy = hfspec.DraftModel(draft, num_tokens=5, tree=TREE)
+    plan = hfspec.compile(target, strategy, backend="eager", batch_size=ids.shape[0], capacity=160)
+    expected = reference(target, ids, mask, spec, tok, 40).tolist()
+    for jump_forward in (True, False):
+        stats = hfspec.SpecStats()
+        out = run(target, ids, mask, spec, plan, 40, jump_forward=jump_forward, speculation_stats=stats)
+        assert out.tolist() == expected, jump_forward
+        assert stats.tokens_per_step > 1, stats

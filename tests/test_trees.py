@@ -42,7 +42,7 @@ from hfspec.proposers import prompt_lookup
 from hfspec.proposers.tree_draft import TreeDraftSession, TreeSpec
 from hfspec.runner import ModelRunner
 from hfspec.step import build_verify_batch
-from hfspec.testing import tiny_json_tokenizer, tiny_model
+from hfspec.testing import tiny_model
 from hfspec.tree import is_chain, path_tokens, trie
 from tests.conftest import padded_batch
 
@@ -317,27 +317,6 @@ def test_bad_configurations_are_refused(models):
     for bad in (0, True, 2.0):
         with pytest.raises(hfspec.ConfigurationError, match="num_branches"):
             hfspec.PromptLookup(num_branches=bad)
-
-
-@pytest.mark.parametrize("which", ["draft_tree", "lookup_branches", "jump_forward_lookup_branches"])
-def test_grammar_with_trees_is_refused_before_any_forward(models, which):
-    target, close, _ = models["llama"]
-    tok = tiny_json_tokenizer()
-    strategy = {
-        "draft_tree": hfspec.DraftModel(close, num_tokens=4, tree=TreeSpec()),
-        "lookup_branches": hfspec.PromptLookup(num_branches=2),
-        "jump_forward_lookup_branches": hfspec.JumpForward(hfspec.PromptLookup(num_branches=2)),
-    }[which]
-    forwards = []
-    hooks = [m.register_forward_pre_hook(lambda *a: forwards.append(1)) for m in (target, close)]
-    try:
-        with pytest.raises(hfspec.ConfigurationError, match="grammar= with token trees is not supported"):
-            spec(target, strategy, input_ids=torch.tensor([[5, 9, 12]]), max_new_tokens=4, do_sample=False,
-                 grammar=hfspec.Regex(r"[0-9]+", tokenizer=tok))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    assert not forwards
 
 
 # ---------------------------------------------------------------- 4. exact sampled law

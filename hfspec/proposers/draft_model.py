@@ -89,6 +89,11 @@ class DraftModel:
         self.draft_vocab = draft_vocab
         self.head = pruned_head(draft_model, draft_vocab) if draft_vocab is not None else None
 
+    @property
+    def proposes_trees(self) -> bool:
+        """Whether proposals are token trees (``tree=``) rather than chains (``JumpForward`` reads it)."""
+        return self.tree is not None
+
     def __repr__(self) -> str:
         tree = f", tree={self.tree!r}" if self.tree is not None else ""
         vocab = f", draft_vocab={self.head.num_tokens}" if self.head is not None else ""
@@ -115,12 +120,6 @@ class DraftModel:
     def start(self, ctx: SessionContext) -> _DraftSession | TreeDraftSession:
         if self.tree is None:
             return _DraftSession(self, ctx)
-        if ctx.grammar is not None:
-            raise ConfigurationError(
-                f"DraftModel(tree={self.tree!r}) proposes token trees, and grammar= with token trees is not "
-                "supported yet (grammar masks are walked along chains). Drop tree= to draft chains with grammar=, "
-                "or drop grammar=."
-            )
         runner = ctx.draft_runner if ctx.draft_runner is not None else eager_runner(self.draft_model, ctx.batch_size, self.head)
         sample = ctx.do_sample if self.do_sample is None else self.do_sample
         return TreeDraftSession(

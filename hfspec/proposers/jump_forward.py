@@ -18,7 +18,9 @@ On by default: ``generate(grammar=...)`` wraps whatever strategy the call has (n
 ``JumpForward`` (``with_jump_forward``), since forced tokens are drafts the masked target gives
 p = 1, so proposing them costs nothing and changes no output. ``jump_forward=False`` opts out.
 An inner strategy's ``propose`` is then called several times per step, each time with a view
-that extends the previous one (``on_commit`` once per step).
+that extends the previous one (``on_commit`` once per step). An inner strategy that proposes token
+trees (``DraftModel(tree=...)``, ``PromptLookup(num_branches=...)``) is called once per step instead:
+the forced run is the tree's trunk and the inner tree hangs from its last token.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from transformers import GenerationConfig, PreTrainedModel
 from hfspec.exceptions import ConfigurationError
 from hfspec.grammar.compile import prefix_tokens
 from hfspec.proposers.base import NoDrafts, Proposal, ProposerSession, SessionContext, StepView, Strategy
+from hfspec.step import StepResult
 
 
 class JumpForward:
@@ -71,6 +74,9 @@ class _JumpSession:
         self.max_tokens, self.ctx, self.inner = strategy.max_tokens, ctx, inner
         # Inner drafts per step: the inner strategy's own ``num_tokens`` (16 if it has none).
         self.inner_budget = int(getattr(strategy.inner, "num_tokens", 16))
+        # An inner strategy that proposes token trees gets the forced run as a trunk (``_trunk_then_tree``)
+        self.tree_inner = bool(getattr(strategy.inner, "proposes_trees", False))
+        self.trunk = 0  # this step's trunk length (tree mode): the inner tree's root is its last token
         self._prefix_ids: frozenset[int] | None = None  # tokens a longer token starts with (lazy)
 
     def forced_tokens(self, view: StepView, *, open_end: bool = False) -> list[list[int]]:
@@ -104,7 +110,29 @@ class _JumpSession:
     def propose(self, view: StepView) -> Proposal:
         if self.inner is None:
             return _pack(self.forced_tokens(view), view.pending)
+        if self.tree_inner:
+            return self._trunk_then_tree(view)
         return self._interleave(view)
+
+    def _trunk_then_tree(self, view: StepView) -> Proposal:
+        """For an inner strategy that proposes token trees: the forced run every drafting row shares,
+        as a chain (the trunk), with the inner strategy's tree hung from the trunk's last token.
+
+        The inner strategy proposes from the view (and grammar state) with the trunk assumed, so its
+        tree is masked and cached as if the trunk were committed; ``on_commit`` shows it the step in
+        its own node space. Forced text inside the tree's branches is not looked for."""
+        rows: list[list[int]] = [[] for _ in range(view.pending.shape[0])]
+        drafting = (view.max_drafts > 0).tolist()
+        forced = self.forced_tokens(view, open_end=True)
+        shared = min((len(f) for f, d in zip(forced, drafting, strict=True) if d), default=0)
+        with contextlib.ExitStack() as walked_so_far:
+            if shared:
+                chunk = [f[:shared] if d else [0] * shared for f, d in zip(forced, drafting, strict=True)]
+                view = self._extend(view, chunk, rows, drafting, walked_so_far)
+            one = torch.tensor(drafting, dtype=view.max_drafts.dtype).to(view.max_drafts.device)
+            tree = self.inner.propose(replace(view, max_drafts=view.max_drafts * one))
+        self.trunk = shared
+        return graft(rows, shared, tree)
 
     def _interleave(self, view: StepView) -> Proposal:
         """Alternate forced runs (free) with one inner draft at a time, walking the grammar along.
@@ -156,9 +184,13 @@ class _JumpSession:
                 drafting[row] = False
         return _view_after(view, torch.tensor(chunk, dtype=view.pending.dtype, device=view.pending.device))
 
-    def on_commit(self, result) -> None:
-        if self.inner is not None:
-            self.inner.on_commit(result)
+    def on_commit(self, result: StepResult) -> None:
+        if self.inner is None:
+            return
+        if self.trunk:  # tree mode: the inner strategy's root was the trunk's last node
+            result = past_trunk(result, self.trunk)
+            self.trunk = 0
+        self.inner.on_commit(result)
 
 
 def _view_after(view: StepView, forced: torch.Tensor) -> StepView:
@@ -178,6 +210,39 @@ def _view_after(view: StepView, forced: torch.Tensor) -> StepView:
         slot_mask=torch.cat([view.slot_mask, ones], dim=1),
         pending=forced[:, -1],
         max_drafts=(view.max_drafts - m).clamp_min(0),
+    )
+
+
+def graft(trunk_rows: list[list[int]], trunk: int, tree: Proposal) -> Proposal:
+    """The trunk (each row's ``trunk_rows[i]``: ``trunk`` tokens, or none for rows that do not draft)
+    as a chain of one-hot nodes, then ``tree`` hung from its last node (pure)."""
+    if trunk == 0:
+        return tree
+    batch, n = tree.ids.shape
+    device = tree.ids.device
+    head = torch.tensor([r if r else [0] * trunk for r in trunk_rows], dtype=tree.ids.dtype, device=device)
+    ids = torch.cat([head, tree.ids], dim=1)
+    tree_parents = tree.parents if tree.parents is not None else (torch.arange(n, device=device) - 1).expand(batch, n)
+    chain = (torch.arange(trunk, device=device) - 1).expand(batch, trunk)
+    parents = torch.cat([chain, tree_parents.to(device) + trunk], dim=1)
+    lengths = torch.tensor([len(r) for r in trunk_rows], dtype=torch.long) + tree.lengths.cpu()
+    probs = None
+    if tree.probs is not None:
+        one_hot = torch.nn.functional.one_hot(head, tree.probs.shape[-1]).to(tree.probs)
+        probs = torch.cat([one_hot, tree.probs], dim=1)
+    return Proposal(ids=ids, lengths=lengths, probs=probs, parents=parents)
+
+
+def past_trunk(result: StepResult, trunk: int) -> StepResult:
+    """``result`` in the node space of a tree hung from node ``trunk - 1`` (its root): columns shift
+    by ``trunk``; rows that did not reach the tree get a negative ``num_accepted`` (pure)."""
+    path = (result.path[:, trunk:] - trunk).clamp_min(0)
+    return replace(
+        result,
+        path=path,
+        num_accepted=result.num_accepted - trunk,
+        emitted=result.emitted[:, trunk:],
+        kept=(result.kept - trunk).clamp_min(0),
     )
 
 

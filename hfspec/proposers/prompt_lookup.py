@@ -89,7 +89,7 @@ class PromptLookup:
         max_ngram, min_ngram: suffix lengths tried for a match, longest first.
         num_branches: most continuations proposed per step. 1 (the default) proposes one chain;
             more propose a token tree of at most ``num_tokens`` nodes holding that many distinct
-            continuations (module docstring). Trees cannot be combined with ``grammar=`` yet.
+            continuations (module docstring).
     """
 
     def __init__(
@@ -106,6 +106,11 @@ class PromptLookup:
         self.num_tokens, self.max_ngram, self.min_ngram = num_tokens, max_ngram, min_ngram
         self.num_branches = num_branches
 
+    @property
+    def proposes_trees(self) -> bool:
+        """Whether proposals are token trees (``num_branches > 1``) rather than chains (``JumpForward`` reads it)."""
+        return self.num_branches > 1
+
     def __repr__(self) -> str:
         branches = f", num_branches={self.num_branches}" if self.num_branches > 1 else ""
         return (
@@ -119,12 +124,6 @@ class PromptLookup:
     def start(self, ctx: SessionContext) -> _LookupSession | _TreeLookupSession:
         if self.num_branches == 1:
             return _LookupSession(self, ctx.batch_size)
-        if ctx.grammar is not None:
-            raise ConfigurationError(
-                f"PromptLookup(num_branches={self.num_branches}) proposes token trees, and grammar= with token "
-                "trees is not supported yet (grammar masks are walked along chains). Use num_branches=1 "
-                "with grammar=, or drop grammar=."
-            )
         return _TreeLookupSession(self, ctx.batch_size)
 
 

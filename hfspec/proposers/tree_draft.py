@@ -132,21 +132,11 @@ class TreeDraftSession:
 
     # ------------------------------------------------------------------ helpers
     def _scores(self, view: StepView, paths: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """Processed log q (B, F, V) float64 after each of F nodes; paths (B, F, L): tokens from the root down."""
+        """Processed log q (B, F, V) float64 after each of F nodes; paths (B, F, L): tokens from the root down
+        (with grammar= each node is masked at its own state: ``PrefixProcessor.at_paths``)."""
         logits = fit_width(logits.to(view.ids.device), self.ctx.vocab_size)
-        processor = self.ctx.processor
-        if processor.position_free:
-            scores = processor(view.ids, view.lengths, view.ids[:, :0], logits)
-        else:
-            b, f, depth = paths.shape
-            scores = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
-            prefix = torch.cat([view.ids, view.ids.new_zeros((b, depth))], dim=1)
-            at = view.lengths.to(view.ids.device)[:, None] + torch.arange(depth, device=view.ids.device)
-            for col in range(f):
-                prefix.scatter_(1, at, paths[:, col].to(prefix.dtype))
-                scores[:, col : col + 1] = processor(
-                    prefix, view.lengths + depth, view.ids[:, :0], logits[:, col : col + 1]
-                )
+        columns = paths.permute(1, 0, 2).tolist()  # (F, B, L): column f's path per row
+        scores = self.ctx.processor.at_paths(view.ids, view.lengths, columns, logits)
         return torch.log_softmax(scores.double(), dim=-1)
 
     def _children(self, logq: torch.Tensor, q: torch.Tensor | None, sampled: torch.Tensor):
@@ -320,8 +310,9 @@ class TreeDraftSession:
     def on_commit(self, result: StepResult) -> None:
         """Keep the committed path's slots this store wrote (a prefix of the path, shared by all rows)."""
         store = self.runner.store
-        if self.node_columns is None:
+        if self.node_columns is None or result.kept_slots <= self.base:  # no tree, or no row reached it
             store.truncate(min(store.length, result.kept_slots))
+            self.base, self.node_columns = None, None
             return
         base, m = self.base, result.kept_slots - self.base
         path = result.path[:, :m].to(self.node_columns.device)
