@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -218,6 +220,28 @@ def test_plan_sharing_with_another_draft_keeps_the_target_graph(models):
     for strategy in (plan, other, again):
         assert torch.equal(target.generate(**kwargs, custom_generate=hfspec.generate, assistant_strategy=strategy),
                            target.generate(**kwargs))
+
+
+@pytest.mark.parametrize(
+    "arch,batch,backend", [(a, b, "eager") for a, b in CASES] + [("llama", 1, "inductor"), ("llama", 3, "inductor")]
+)
+def test_bfloat16_draft_under_a_float32_target(models, arch, batch, backend):
+    """The draft's dtype is free (it changes only q): a bf16 draft of a float32 target, eagerly and
+    through a plan (its own bf16 one-token graph), gives plain generate's tokens. Inductor on llama only
+    (each compile costs seconds)."""
+    target, draft, _ = models[arch]
+    draft16 = copy.deepcopy(draft).to(torch.bfloat16)
+    eager = hfspec.DraftModel(draft16, num_tokens=3)
+    plan = hfspec.compile(target, eager, backend=backend, batch_size=batch, capacity=128,
+                          options={"freezing": True} if backend == "inductor" else None)
+    kwargs = dict(**_inputs(batch), max_new_tokens=14, do_sample=False)
+    expected = target.generate(**kwargs)
+    for strategy in (eager, plan):
+        stats = hfspec.SpecStats()
+        got = target.generate(**kwargs, custom_generate=hfspec.generate, assistant_strategy=strategy,
+                              speculation_stats=stats)
+        assert torch.equal(got, expected), (arch, batch, backend, strategy)
+        assert stats.accepted > 0  # the bf16 draft really drafted, and was right sometimes
 
 
 def test_exported_verify_program_runs_and_matches_eager(models):

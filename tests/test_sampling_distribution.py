@@ -10,6 +10,8 @@ ignored, draft q reported before temperature) run through the same test and must
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from transformers import LogitsProcessorList
@@ -103,6 +105,8 @@ def test_plain_hf_sampling_matches_exact(pair, exact):
         pytest.param(lambda t, d: hfspec.PromptLookup(num_tokens=3, max_ngram=2), id="prompt_lookup"),
         # a pruned draft head: q is 0 outside the subset, so the residual carries those tokens' mass
         pytest.param(lambda t, d: hfspec.DraftModel(d, num_tokens=3, draft_vocab=PRUNED), id="draft_pruned"),
+        # a bf16 draft of a float32 target: q is float32 of the bf16 logits, exactly what was sampled
+        pytest.param(lambda t, d: hfspec.DraftModel(copy.deepcopy(d).to(torch.bfloat16), num_tokens=3), id="draft_bf16"),
         # steps switch between a deterministic lookup and a sampled draft
         pytest.param(
             lambda t, d: hfspec.LookupOrDraft(hfspec.PromptLookup(num_tokens=3, max_ngram=2), hfspec.DraftModel(d, num_tokens=3),

@@ -270,6 +270,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         help="DraftModel(draft_vocab=N): draft from the first N token ids only (pruned draft head; default: full head)",
     )
     p.add_argument(
+        "--draft-dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="the draft model's dtype, for every draft config, HF's assisted decoding included (default float32; "
+        "it changes only the draft's q, which acceptance uses, never what the target says)",
+    )
+    p.add_argument(
         "--lookup-tokens",
         type=positive_int,
         default=7,
@@ -335,6 +342,7 @@ def settings_from_args(args: argparse.Namespace) -> bench.BenchSettings:
         draft_do_sample=args.draft_do_sample,
         confidence_threshold=args.confidence_threshold,
         draft_vocab=args.draft_vocab,
+        draft_dtype=args.draft_dtype,
         lookup_tokens=args.lookup_tokens,
         lookup_max_ngram=args.lookup_max_ngram,
         lookup_min_ngram=args.lookup_min_ngram,

@@ -106,6 +106,7 @@ class BenchSettings:
     draft_do_sample: bool | None = None  # DraftModel(do_sample=...); None follows the call
     confidence_threshold: float = 0.0  # DraftModel(confidence_threshold=...)
     draft_vocab: int | None = None  # DraftModel(draft_vocab=...): a pruned draft head (every hfspec draft config)
+    draft_dtype: str = "float32"  # the draft model's dtype, for every draft config (HF's assisted decoding too)
     lookup_tokens: int = 7  # hfspec PromptLookup(num_tokens) and HF prompt_lookup_num_tokens
     lookup_max_ngram: int = 3
     lookup_min_ngram: int = 2
@@ -196,7 +197,7 @@ def tiny_workload(settings: BenchSettings) -> Workload:
 
     # logit_scale 20: peaky enough that sampled runs accept some drafts (scale 1-4 is near uniform).
     target = tiny_model("llama", vocab_size=64, hidden_size=32, num_layers=2, seed=0, logit_scale=20.0)
-    draft = perturbed_copy(target, scale=0.01, seed=1)
+    draft = perturbed_copy(target, scale=0.01, seed=1).to(getattr(torch, settings.draft_dtype))
     prompts = [
         Prompt(name, torch.tensor([ids]), kind=f"tiny token ids ({name})")
         for name, ids in _tiny_prompt_ids().items()
@@ -240,7 +241,8 @@ def real_workload(settings: BenchSettings) -> Workload:
     # (2 GB) is loaded, or the two do not fit in 24 GiB together (killed for memory otherwise).
     plan = _compiled_target_plan(settings, target, prompts[0]) if any(c in HFSPEC_COMPILED for c in settings.configs) else None
     needs_draft = any(c in DRAFT_CONFIGS for c in settings.configs)
-    draft = models.load_model(models.DRAFT, progress=settings.progress) if needs_draft else None
+    draft_dtype = getattr(torch, settings.draft_dtype)  # the draft's dtype changes only q (DESIGN.md §8)
+    draft = models.load_model(models.DRAFT, dtype=draft_dtype, progress=settings.progress) if needs_draft else None
     return Workload(
         target=target,
         draft=draft,
@@ -732,6 +734,7 @@ def strategy_settings(settings: BenchSettings, workload: Workload) -> dict[str, 
             "do_sample": settings.draft_do_sample,
             "confidence_threshold": settings.confidence_threshold,
             "draft_vocab": settings.draft_vocab,
+            "draft_dtype": settings.draft_dtype,
         },
         "hfspec_lookup": {
             "class": "PromptLookup",
