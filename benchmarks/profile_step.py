@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument("--capacity", type=int, default=2048)
     parser.add_argument("--draft-vocab", type=int, default=None, help="DraftModel(draft_vocab=N): pruned draft head")
     parser.add_argument("--strategy", choices=["draft", "lookup_or_draft"], default="draft")
+    parser.add_argument("--draft-dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -62,7 +63,7 @@ def main() -> None:
     t0 = time.perf_counter()
     target.generate(input_ids=prompts[0].input_ids, max_new_tokens=2, assistant_strategy=plan, **kwargs)
     compile_target = time.perf_counter() - t0
-    draft = models.load_model(models.DRAFT, progress=False)
+    draft = models.load_model(models.DRAFT, dtype=getattr(torch, args.draft_dtype), progress=False)
     strategy = hfspec.DraftModel(draft, num_tokens=args.draft_tokens, draft_vocab=args.draft_vocab)
     if args.strategy == "lookup_or_draft":
         strategy = hfspec.LookupOrDraft(hfspec.PromptLookup(num_tokens=args.draft_tokens), strategy)

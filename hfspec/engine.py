@@ -269,6 +269,7 @@ def speculative_generate(
         )
     )
     budget = runner.node_budget
+    top_k = int(getattr(session, "target_top_k", 0) or 0)  # sessions that learn from verification ask for it
     while bool((working := committer.working()).any()):
         live = ~committer.finished  # rows whose stop is still ahead (stats, grammar, streaming)
         forced = committer.forced()  # stopped rows fed pads (committer.after_stop_policy)
@@ -318,6 +319,8 @@ def speculative_generate(
         ) if want_scores else None)
         result.kept = committed.kept
         result.log_weight = verify_target.commit(result, committed.own)
+        if top_k:  # the target's top tokens at every verified column (processed, masked scores)
+            result.target_top = scores.topk(min(top_k, scores.shape[-1]), dim=-1).indices
         if grammar is not None:
             grammar.commit(result.emitted, committed.own)  # never after-stop tokens (pads)
         stats.record(num_nodes, n_acc, committed.own, live)

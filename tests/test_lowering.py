@@ -266,3 +266,99 @@ def test_exported_verify_program_runs_and_matches_eager(models):
     expected = target(input_ids=tokens).logits
     assert torch.allclose(got, expected, atol=1e-10)
     assert all(float(k[:, :, :4].abs().sum()) > 0 and float(k[:, :, 4:].abs().sum()) == 0 for k in keys)
+
+
+class _Recording:
+    """A strategy whose sessions ask for the target's top-k and keep every StepResult they get."""
+
+    def __init__(self, inner, k: int = 3) -> None:
+        self.inner, self.k, self.results = inner, k, []
+        self.num_tokens = inner.num_tokens
+        self.proposes_trees = inner.proposes_trees
+
+    def validate(self, target, generation_config):
+        self.inner.validate(target, generation_config)
+
+    def start(self, ctx):
+        outer, session = self, self.inner.start(ctx)
+
+        class Session:
+            target_top_k = outer.k
+
+            def propose(self, view):
+                return session.propose(view)
+
+            def on_commit(self, result):
+                outer.results.append(result)
+                session.on_commit(result)
+
+        return Session()
+
+
+def _check_top(results, k: int) -> int:
+    """Greedy: the top-1 at each column of the accepted path is the token committed there."""
+    checked = 0
+    for result in results:
+        top = result.target_top
+        assert top is not None and top.shape[-1] == k
+        assert bool((top[..., 0] != top[..., 1]).all())
+        for row in range(top.shape[0]):
+            for j in range(int(result.num_accepted[row]) + 1):  # rows that never reached it: none
+                assert int(top[row, int(result.path[row, j]), 0]) == int(result.emitted[row, j])
+                checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("tree", [False, True])
+def test_sessions_receive_the_targets_top_k_at_every_verified_column(models, batch, tree):
+    """Greedy: at every column of the accepted path the target's top-1 is the committed token (the
+    accepted drafts, then the next token); the other top-k entries are other tokens."""
+    target, draft, _ = models["llama"]
+    spec = hfspec.TreeSpec(top_k=2, depth=3) if tree else None
+    strategy = _Recording(hfspec.DraftModel(draft, num_tokens=5, tree=spec))
+    kwargs = dict(**_inputs(batch), max_new_tokens=12, do_sample=False)
+    got = target.generate(**kwargs, custom_generate=hfspec.generate, assistant_strategy=strategy)
+    assert torch.equal(got, target.generate(**kwargs))
+    assert _check_top(strategy.results, 3) >= 12
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("planted", [False, True])
+def test_jump_forward_passes_target_top_into_the_trees_node_space(batch, planted, monkeypatch):
+    """Under grammar= a tree hangs from the forced trunk: its session sees target_top (and the path)
+    shifted into its own node space, where the same greedy law holds. Planted bug: target_top left
+    in the engine's node space; the same check must fail."""
+    from dataclasses import replace
+
+    from hfspec.proposers import jump_forward
+    from hfspec.testing import tiny_json_tokenizer
+
+    if planted:
+        shift = jump_forward.past_trunk
+        monkeypatch.setattr(jump_forward, "past_trunk", lambda r, t: replace(shift(r, t), target_top=r.target_top))
+
+    tok = tiny_json_tokenizer()
+    target = tiny_model("llama", vocab_size=64, logit_scale=4.0, seed=3)
+    draft = perturbed_copy(target, 0.05)
+    recording = _Recording(hfspec.DraftModel(draft, num_tokens=5, tree=hfspec.TreeSpec(top_k=2, depth=3)), k=4)
+    spec = hfspec.Regex(r'\{"abc": [0-9]{1,3}, "xyz": (true|false), "zz": null\}', tokenizer=tok)
+    ids = torch.tensor([[5, 9, 12, 3, 7]] * batch)
+    out = target.generate(input_ids=ids, custom_generate=hfspec.generate, assistant_strategy=recording, grammar=spec,
+                          max_new_tokens=40, do_sample=False)
+    plain = target.generate(input_ids=ids, custom_generate=hfspec.generate, grammar=spec, max_new_tokens=40,
+                            do_sample=False, jump_forward=False)
+    assert torch.equal(out, plain)
+    if planted:
+        with pytest.raises(AssertionError):
+            _check_top(recording.results, 4)
+    else:
+        assert _check_top(recording.results, 4) > 0
+
+
+def test_target_top_is_only_computed_when_asked(models):
+    target, _, _ = models["llama"]
+    strategy = _Recording(hfspec.PromptLookup(num_tokens=3), k=0)
+    target.generate(input_ids=torch.tensor([[5, 6, 7, 5, 6]]), max_new_tokens=6, do_sample=False,
+                    custom_generate=hfspec.generate, assistant_strategy=strategy)
+    assert strategy.results and all(r.target_top is None for r in strategy.results)

@@ -62,6 +62,10 @@ class SessionContext:
 
 @runtime_checkable
 class ProposerSession(Protocol):
+    """Per-call proposer state. A session may also set ``target_top_k: int`` (> 0) to receive the
+    target's top-k tokens at every verified column in ``StepResult.target_top`` (proposers that learn
+    from verification, e.g. Token Recycling); wrappers pass on their inner sessions' wish."""
+
     def propose(self, view: StepView) -> Proposal: ...
 
     def on_commit(self, result: StepResult) -> None:

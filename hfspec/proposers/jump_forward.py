@@ -77,6 +77,7 @@ class _JumpSession:
         # An inner strategy that proposes token trees gets the forced run as a trunk (``_trunk_then_tree``)
         self.tree_inner = bool(getattr(strategy.inner, "proposes_trees", False))
         self.trunk = 0  # this step's trunk length (tree mode): the inner tree's root is its last token
+        self.target_top_k = int(getattr(inner, "target_top_k", 0) or 0)  # passed on (ProposerSession)
         self._prefix_ids: frozenset[int] | None = None  # tokens a longer token starts with (lazy)
 
     def forced_tokens(self, view: StepView, *, open_end: bool = False) -> list[list[int]]:
@@ -237,9 +238,11 @@ def past_trunk(result: StepResult, trunk: int) -> StepResult:
     """``result`` in the node space of a tree hung from node ``trunk - 1`` (its root): columns shift
     by ``trunk``; rows that did not reach the tree get a negative ``num_accepted`` (pure)."""
     path = (result.path[:, trunk:] - trunk).clamp_min(0)
+    top = result.target_top[:, trunk:] if result.target_top is not None else None
     return replace(
         result,
         path=path,
+        target_top=top,
         num_accepted=result.num_accepted - trunk,
         emitted=result.emitted[:, trunk:],
         kept=(result.kept - trunk).clamp_min(0),

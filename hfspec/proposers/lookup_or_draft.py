@@ -97,6 +97,7 @@ class _LookupOrDraftSession:
         self.agreement = 0.0  # the lookup earns its first turn by predicting one step in the shadow
         self.shadow: Proposal | None = None
         self.steps = {"lookup": 0, "draft": 0}  # steps each proposer served (read by tests and benchmarks)
+        self.target_top_k = max(int(getattr(session, "target_top_k", 0) or 0) for session in (lookup, draft))
 
     def propose(self, view: StepView) -> Proposal:
         shadow = self.lookup.propose(view)
