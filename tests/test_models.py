@@ -173,3 +173,47 @@ def test_real_draft_generates_and_target_assembles():
     path = models.assemble(models.TARGET)
     assert path.stat().st_size == target.size
     assert path.with_name(path.name + ".sha256").read_text().split()[0] == target.sha256
+
+
+@pytest.mark.real_model
+@pytest.mark.skipif(
+    os.environ.get("HFSPEC_REAL_MODELS") != "1", reason="set HFSPEC_REAL_MODELS=1 to load real weights"
+)
+def test_real_grammar_with_token_trees_is_identical_to_masked_plain_decoding():
+    """The real tokenizer (multi-character tokens, a forced run tokenized on its own) under grammar=
+    with token trees: the 0.5B as target, a bf16 copy of it as the tree's draft, and a lookup trie;
+    greedy output equals the from-scratch masked reference through plain HF generate."""
+    import copy
+
+    import torch
+    from transformers import LogitsProcessorList
+
+    import hfspec
+    from hfspec.grammar.compile import compile_spec
+    from hfspec.testing import FromScratchMask
+
+    model = models.load_model(models.DRAFT)
+    tok = models.load_tokenizer(models.DRAFT)
+    draft = copy.deepcopy(model).to(torch.bfloat16)
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
+                                               "city": {"type": "string"}}, "required": ["name", "age", "city"]}
+    spec = hfspec.JSONSchema(schema, any_whitespace=False, tokenizer=tok)
+    messages = [{"role": "user", "content": "Maria is 34 and lives in Lisbon. Give her as JSON with name, age, city."}]
+    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids
+    eos = [tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id]
+    width = model.config.vocab_size
+    compiled = compile_spec(spec, tok, width)
+    common = dict(max_new_tokens=40, do_sample=False, eos_token_id=eos, pad_token_id=tok.pad_token_id)
+    with torch.inference_mode():
+        expected = model.generate(ids, logits_processor=LogitsProcessorList(
+            [FromScratchMask(compiled, ids.shape[1], vocab_size=width, stop_token_ids=eos)]), **common)
+        for strategy in (hfspec.DraftModel(draft, num_tokens=6, tree=hfspec.TreeSpec(top_k=2, depth=3)),
+                         hfspec.PromptLookup(num_tokens=6, num_branches=3)):
+            for jump_forward in (True, False):
+                stats = hfspec.SpecStats()
+                out = model.generate(ids, custom_generate=hfspec.generate, grammar=spec, assistant_strategy=strategy,
+                                     jump_forward=jump_forward, speculation_stats=stats, **common)
+                assert out.tolist() == expected.tolist(), (strategy, jump_forward, tok.decode(out[0, ids.shape[1]:]))
+                assert stats.tokens_per_step > 1
+    assert spec.parse(tok.decode(expected[0, ids.shape[1]:], skip_special_tokens=True))["age"] == 34
