@@ -141,8 +141,9 @@ class _IndexedLayer(CacheLayerMixin):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         slots = self.store.slots
-        self.keys.index_copy_(2, slots, key_states)
-        self.values.index_copy_(2, slots, value_states)
+        # a graph computing under autocast hands lower-precision states: the buffers keep their dtype
+        self.keys.index_copy_(2, slots, key_states.to(self.keys.dtype))
+        self.values.index_copy_(2, slots, value_states.to(self.values.dtype))
         view = self.store.view  # attention reads the written slots only, not the whole capacity
         return self.keys[:, :, :view], self.values[:, :, :view]
 

@@ -362,3 +362,31 @@ def test_target_top_is_only_computed_when_asked(models):
     target.generate(input_ids=torch.tensor([[5, 6, 7, 5, 6]]), max_new_tokens=6, do_sample=False,
                     custom_generate=hfspec.generate, assistant_strategy=strategy)
     assert strategy.results and all(r.target_top is None for r in strategy.results)
+
+
+def test_draft_graph_computes_in_its_compute_dtype():
+    """draft_compute_dtype=bf16: the draft's one-token graph runs under autocast (its logits come out
+    bf16) while its KV buffers and eager forwards stay float32; greedy output is plain generate's,
+    with no recompiles; sharing with another compute dtype gives the draft a graph of its own."""
+    target = tiny_model("llama", dtype=torch.float32, logit_scale=8.0, eos_token_id=None)  # autocast leaves float64 alone
+    draft = perturbed_copy(target, 0.01)
+    plan = hfspec.compile(target, hfspec.DraftModel(draft, num_tokens=3), backend="inductor", batch_size=3,
+                          capacity=128, options={"freezing": True}, draft_compute_dtype=torch.bfloat16)
+    seen = []
+    graph = plan.draft.graph
+    plan.draft.graph = lambda *args: seen.append((out := graph(*args)).dtype) or out
+    for max_new in (12, 20):
+        kwargs = dict(**_inputs(3), max_new_tokens=max_new, do_sample=False)
+        got = target.generate(**kwargs, custom_generate=hfspec.generate, assistant_strategy=plan)
+        assert torch.equal(got, target.generate(**kwargs))
+    assert seen and set(seen) == {torch.bfloat16}
+    assert all(layer.keys.dtype == torch.float32 for layer in plan.draft.store.cache.layers)
+    assert plan.compiles == 2
+    assert plan.sharing(hfspec.PromptLookup()).draft is None
+    same = plan.sharing(hfspec.DraftModel(draft, num_tokens=3))
+    assert same.draft is plan.draft
+    other = plan.sharing(hfspec.DraftModel(draft, num_tokens=3), draft_compute_dtype=None)
+    assert other.draft is not plan.draft and other.draft.compute_dtype is None
+    for bad in (torch.int8, "bfloat16"):
+        with pytest.raises(hfspec.ConfigurationError, match="draft_compute_dtype"):
+            hfspec.compile(target, hfspec.DraftModel(draft), backend="eager", draft_compute_dtype=bad)

@@ -56,6 +56,7 @@ CONFIGS = (
     "hfspec_draft_tree_compiled",
     "hfspec_lookup_tree_compiled",
     "hfspec_lookup_or_draft_compiled",
+    "hfspec_lookup_or_draft_compiled_bf16",
 )
 DEFAULT_CONFIGS = ("hf_plain", "hf_assisted", "hf_prompt_lookup", "hfspec_draft", "hfspec_lookup")
 # HF's built-ins a user could pick instead: its speculative methods and its static-cache + torch.compile decoding
@@ -67,6 +68,7 @@ HFSPEC_COMPILED = (
     "hfspec_draft_tree_compiled",
     "hfspec_lookup_tree_compiled",
     "hfspec_lookup_or_draft_compiled",
+    "hfspec_lookup_or_draft_compiled_bf16",
 )
 HFSPEC_CONFIGS = ("hfspec_draft", "hfspec_lookup", *HFSPEC_COMPILED)
 DRAFT_CONFIGS = (
@@ -75,6 +77,7 @@ DRAFT_CONFIGS = (
     "hfspec_draft_compiled",
     "hfspec_draft_tree_compiled",
     "hfspec_lookup_or_draft_compiled",
+    "hfspec_lookup_or_draft_compiled_bf16",
 )
 TREE_SPEC = hfspec.TreeSpec(top_k=2, depth=4)  # hfspec_draft_tree_*: num_tokens nodes, 4 draft forwards
 LOOKUP_BRANCHES = 3  # hfspec_lookup_tree_*
@@ -341,6 +344,8 @@ def build_strategies(settings: BenchSettings, workload: Workload) -> dict[str, A
             strategies["hfspec_draft_tree_compiled"] = plan.sharing(tree_draft)
             hybrid = hfspec.LookupOrDraft(strategies["hfspec_lookup"], strategies["hfspec_draft"])
             strategies["hfspec_lookup_or_draft_compiled"] = plan.sharing(hybrid)
+            # the draft's one-token graph under bf16 autocast (its own graph; prefill stays float32)
+            strategies["hfspec_lookup_or_draft_compiled_bf16"] = plan.sharing(hybrid, draft_compute_dtype=torch.bfloat16)
     return strategies
 
 
@@ -754,6 +759,8 @@ def strategy_settings(settings: BenchSettings, workload: Workload) -> dict[str, 
                     "hfspec_lookup_tree_compiled": f"as hfspec_lookup, num_branches={LOOKUP_BRANCHES}",
                     "hfspec_lookup_or_draft_compiled": "LookupOrDraft(hfspec_lookup, hfspec_draft) "
                     "(min_tokens=3, min_agreement=0.75)",
+                    "hfspec_lookup_or_draft_compiled_bf16": "as hfspec_lookup_or_draft_compiled, the draft's "
+                    "one-token graph under bf16 autocast (plan.sharing(..., draft_compute_dtype=torch.bfloat16))",
                 }[config],
             }
             for config in HFSPEC_COMPILED
