@@ -36,6 +36,7 @@ from hfspec.exceptions import ConfigurationError
 from hfspec.grammar.compile import prefix_tokens
 from hfspec.proposers.base import NoDrafts, Proposal, ProposerSession, SessionContext, StepView, Strategy
 from hfspec.step import StepResult
+from hfspec.tree import chain_parents
 
 
 class JumpForward:
@@ -124,12 +125,8 @@ class _JumpSession:
         its own node space. Forced text inside the tree's branches is not looked for."""
         rows: list[list[int]] = [[] for _ in range(view.pending.shape[0])]
         drafting = (view.max_drafts > 0).tolist()
-        forced = self.forced_tokens(view, open_end=True)
-        shared = min((len(f) for f, d in zip(forced, drafting, strict=True) if d), default=0)
         with contextlib.ExitStack() as walked_so_far:
-            if shared:
-                chunk = [f[:shared] if d else [0] * shared for f, d in zip(forced, drafting, strict=True)]
-                view = self._extend(view, chunk, rows, drafting, walked_so_far)
+            view, shared = self._take_forced(view, rows, drafting, walked_so_far, self.max_tokens)
             one = torch.tensor(drafting, dtype=view.max_drafts.dtype).to(view.max_drafts.device)
             tree = self.inner.propose(replace(view, max_drafts=view.max_drafts * one))
         self.trunk = shared
@@ -148,14 +145,9 @@ class _JumpSession:
         with contextlib.ExitStack() as walked_so_far:
             while True:
                 drafting = [d and room > 0 for d, room in zip(drafting, view.max_drafts.tolist(), strict=True)]
-                forced = self.forced_tokens(view, open_end=True)
-                shared = min((len(f) for f, d in zip(forced, drafting, strict=True) if d), default=0)
-                shared = min(shared, forced_left)
-                if shared:
-                    chunk = [f[:shared] if d else [0] * shared for f, d in zip(forced, drafting, strict=True)]
-                    view = self._extend(view, chunk, rows, drafting, walked_so_far)
-                    q_columns.extend([None] * shared)
-                    forced_left -= shared
+                view, shared = self._take_forced(view, rows, drafting, walked_so_far, forced_left)
+                q_columns.extend([None] * shared)
+                forced_left -= shared
                 if inner_left == 0 or not any(drafting):
                     break
                 one = torch.tensor(drafting, dtype=view.max_drafts.dtype).to(view.max_drafts.device)
@@ -170,6 +162,16 @@ class _JumpSession:
                 q_columns.append(base.probs[:, 0] if base.probs is not None else None)
                 inner_left -= 1
         return _pack(rows, view.pending, q_columns)
+
+    def _take_forced(self, view, rows, drafting, walked_so_far, limit: int) -> tuple[StepView, int]:
+        """Append the forced tokens every drafting row shares (at most ``limit``) via ``_extend``;
+        returns the extended view and how many were taken."""
+        forced = self.forced_tokens(view, open_end=True)
+        shared = min(min((len(f) for f, d in zip(forced, drafting, strict=True) if d), default=0), limit)
+        if shared:
+            chunk = [f[:shared] if d else [0] * shared for f, d in zip(forced, drafting, strict=True)]
+            view = self._extend(view, chunk, rows, drafting, walked_so_far)
+        return view, shared
 
     def _extend(self, view, chunk, rows, drafting, walked_so_far) -> StepView:
         """Append ``chunk`` (B, m) to every drafting row and to the grammar state; rows whose
@@ -223,9 +225,8 @@ def graft(trunk_rows: list[list[int]], trunk: int, tree: Proposal) -> Proposal:
     device = tree.ids.device
     head = torch.tensor([r if r else [0] * trunk for r in trunk_rows], dtype=tree.ids.dtype, device=device)
     ids = torch.cat([head, tree.ids], dim=1)
-    tree_parents = tree.parents if tree.parents is not None else (torch.arange(n, device=device) - 1).expand(batch, n)
-    chain = (torch.arange(trunk, device=device) - 1).expand(batch, trunk)
-    parents = torch.cat([chain, tree_parents.to(device) + trunk], dim=1)
+    tree_parents = tree.parents if tree.parents is not None else chain_parents(batch, n, device)
+    parents = torch.cat([chain_parents(batch, trunk, device), tree_parents.to(device) + trunk], dim=1)
     lengths = torch.tensor([len(r) for r in trunk_rows], dtype=torch.long) + tree.lengths.cpu()
     probs = None
     if tree.probs is not None:
