@@ -449,3 +449,33 @@ def test_render_refuses_an_unknown_results_file(tmp_path, capsys):
     path.write_text(json.dumps({"schema": "something-else/1"}))
     assert cli.main(["render", str(path), "--markdown", str(tmp_path / "m.md")]) == 2
     assert "not an hfspec bench" in capsys.readouterr().err
+
+
+def test_bound_keeps_measured_prefills_and_charges_graphs_their_weight_bytes():
+    """benchmarks/bound.py: prompt prefills kept as measured, other eager draft forwards and graph calls
+    charged one weight read each at the ceiling, compared with HF's walls of the same prompt."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parents[1] / "benchmarks" / "bound.py"
+    spec = importlib.util.spec_from_file_location("bound", path)
+    bound = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bound)
+    gbps = bound.TARGET_PARAMS * 4 / 1e9  # one verify = 1 s; one bf16 draft forward = DRAFT*2/TARGET*4 s
+    draft_s = bound.DRAFT_PARAMS * 2 / (bound.TARGET_PARAMS * 4)
+    profile = {"rows": [{"prompt": "p", "wall_s": 30.0, "steps": 3, "tau": 5.0, "forwards": {
+        "target eager q=100": {"seconds": 4.0, "calls": 1},
+        "draft eager q=100": {"seconds": 2.0, "calls": 1},
+        "draft eager q=5": {"seconds": 0.5, "calls": 1},  # a catch-up: charged as one draft forward
+        "draft graph q=1": {"seconds": 3.0, "calls": 10},
+        "target graph q=8": {"seconds": 9.0, "calls": 3},
+    }}]}
+    bench = {"runs": [{"mode": "greedy", "prompt": "p", "config": c, "wall_s": w}
+                      for c, w in (("hf_plain", 40.0), ("hf_assisted", 20.0), ("hf_prompt_lookup", 25.0))]
+             + [{"mode": "sample", "prompt": "p", "config": "hf_assisted", "wall_s": 1.0}]}
+    (row,) = bound.bound_rows(profile, bench, gbps)
+    assert row["eager_prefills_s"] == 6.0 and row["draft_graph_calls"] == 11
+    assert row["bound_wall_s"] == pytest.approx(6.0 + 3 * 1.0 + 11 * draft_s)
+    assert row["best_hf_s"] == 20.0  # greedy runs only
+    assert row["bound_x_plain"] == pytest.approx(40.0 / row["bound_wall_s"])
+    assert bound.geomean([2.0, 8.0]) == pytest.approx(4.0)
