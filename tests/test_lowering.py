@@ -390,3 +390,18 @@ def test_draft_graph_computes_in_its_compute_dtype():
     for bad in (torch.int8, "bfloat16"):
         with pytest.raises(hfspec.ConfigurationError, match="draft_compute_dtype"):
             hfspec.compile(target, hfspec.DraftModel(draft), backend="eager", draft_compute_dtype=bad)
+
+
+def test_inductor_options_default_to_the_cpu_ones_on_cpu_only(models):
+    """options=None means the measured CPU options (C++ GEMM templates) for a model on the CPU, and
+    inductor's own anywhere else (checked with a meta-device copy: no forward runs); explicit options win."""
+    from hfspec.kv import StaticStore
+    from hfspec.lowering.plan import CPU_INDUCTOR_OPTIONS, GraphRunner, _compiler
+
+    target, _, _ = models["llama"]
+    assert GraphRunner(target, StaticStore(2, 1, 16), 1, _compiler("inductor", None)).inductor_options == CPU_INDUCTOR_OPTIONS
+    assert GraphRunner(target, StaticStore(2, 1, 16), 1, _compiler("inductor", {"freezing": True})).inductor_options == {
+        "freezing": True}
+    meta = copy.deepcopy(target).to("meta")
+    assert GraphRunner(meta, StaticStore(2, 1, 16, "meta"), 1, _compiler("inductor", None)).inductor_options == {}
+    assert GraphRunner(target, StaticStore(2, 1, 16), 1, _compiler("eager", None)).inductor_options == {}

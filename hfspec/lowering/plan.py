@@ -89,7 +89,10 @@ class GraphRunner(ModelRunner):
         self.graph_calls = 0
         self._eager = False
         self.graph = compiler(_own_code(self._fixed), self) if compiler is not None else None
-        self.inductor_options = getattr(compiler, "inductor_options", None) or {}
+        options = {} if compiler is None else compiler.inductor_options
+        if options is None:  # the measured CPU default; on a GPU inductor's own (the C++ GEMMs are CPU kernels)
+            options = CPU_INDUCTOR_OPTIONS if model.device.type == "cpu" else {}
+        self.inductor_options = dict(options)
 
     def config_patch(self):
         """Inductor options as a config patch around graph calls. Passing them to ``compile_fx``
@@ -189,7 +192,7 @@ def _compiler(backend: str, options: dict[str, Any] | None) -> Callable | None:
 
         return torch.compile(fn, backend=counting, fullgraph=True, dynamic=False)
 
-    build.inductor_options = dict(CPU_INDUCTOR_OPTIONS if options is None else options) if backend == "inductor" else {}
+    build.inductor_options = (None if options is None else dict(options)) if backend == "inductor" else {}
     return build
 
 
@@ -412,8 +415,9 @@ def compile(
         batch_size, capacity: the static caches' shape; calls with another batch size, or that could
             need more KV slots, are refused before any model work.
         node_budget: draft nodes verified per step (default: the strategy's num_tokens; 0 without one).
-        options: inductor config patches for the target graph (default: freezing + max-autotune with
-            the C++ GEMM backend, the best measured on CPU; pass {} for inductor's defaults).
+        options: inductor config patches for the target graph (default on CPU: freezing + max-autotune
+            with the C++ GEMM backend, the best measured there; on a GPU, inductor's defaults; pass {} for
+            inductor's defaults everywhere).
         draft_options: the same for the draft's graph (default: ``options``).
         draft_compute_dtype: run the draft's one-token graph under autocast to this dtype (e.g.
             ``torch.bfloat16``; frozen weights are folded to it), while its prefill and other eager
