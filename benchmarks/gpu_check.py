@@ -21,6 +21,9 @@ import time
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+# run as a script, benchmarks/ is on sys.path; these follow the model's device
+from verify_curve import fill, step, sync
+
 import hfspec
 from hfspec.kv import DynamicStore, StaticStore
 from hfspec.lowering.plan import GraphRunner, _compiler, _num_layers
@@ -46,33 +49,6 @@ def build(size: str, dtype: torch.dtype) -> Qwen2ForCausalLM:
     return Qwen2ForCausalLM(config).to(dtype=dtype, device=DEVICE).eval()
 
 
-def _sync() -> None:
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(runner: ModelRunner, prefix: int, q: int, tokens: torch.Tensor) -> float:
-    """One forward of q new tokens after ``prefix`` cached ones (CUDA-synchronised), then roll back."""
-    positions = torch.arange(prefix, prefix + q, device=DEVICE)[None]
-    causal = torch.ones((1, q, q), dtype=torch.bool, device=DEVICE).tril()
-    _sync()
-    start = time.perf_counter()
-    with torch.no_grad():
-        runner.run(tokens[:, prefix : prefix + q], positions, torch.ones((1, q), dtype=torch.bool, device=DEVICE),
-                   causal, keep=q)
-    _sync()
-    elapsed = time.perf_counter() - start
-    runner.store.truncate(prefix)
-    return elapsed
-
-
-def fill(runner: ModelRunner, prefix: int, tokens: torch.Tensor) -> None:
-    causal = torch.ones((1, prefix, prefix), dtype=torch.bool, device=DEVICE).tril()
-    with torch.no_grad():
-        runner.run(tokens[:, :prefix], torch.arange(prefix, device=DEVICE)[None],
-                   torch.ones((1, prefix), dtype=torch.bool, device=DEVICE), causal, keep=1)
-
-
 def curve(model, qs: list[int], prefix: int, reps: int, backends: list[str]) -> list[dict]:
     tokens = torch.randint(100, 20000, (1, prefix + max(qs)), device=DEVICE, generator=None)
     eager = ModelRunner(model, DynamicStore(1, device=DEVICE))
@@ -87,15 +63,15 @@ def curve(model, qs: list[int], prefix: int, reps: int, backends: list[str]) -> 
                                  _compiler(backend, options))
             fill(runner, prefix, tokens)
             start = time.perf_counter()
-            timed(runner, prefix, q, tokens)  # compiles (and records the CUDA graph)
+            step(runner, prefix, q, tokens)  # compiles (and records the CUDA graph)
             row[f"{backend}_compile_s"] = time.perf_counter() - start
             runners[backend] = runner
         for runner in runners.values():
-            timed(runner, prefix, q, tokens)
+            step(runner, prefix, q, tokens)
         samples = {name: [] for name in runners}
         for rep in range(reps):
             for name in (list(runners) if rep % 2 == 0 else list(reversed(runners))):
-                samples[name].append(timed(runners[name], prefix, q, tokens))
+                samples[name].append(step(runners[name], prefix, q, tokens))
         for name in runners:
             row[f"{name}_s"] = statistics.median(samples[name])
         row["samples"] = samples
@@ -118,10 +94,10 @@ def identity(model, new_tokens: int, backend: str) -> dict:
     outputs = {}
     for name, extra in (("plain", {}), ("plan", dict(custom_generate=hfspec.generate, assistant_strategy=plan))):
         model.generate(**kwargs, **extra)  # warm-up (and the plan's capture)
-        _sync()
+        sync(model.device)
         start = time.perf_counter()
         outputs[name] = model.generate(**kwargs, **extra)
-        _sync()
+        sync(model.device)
         timings[name] = time.perf_counter() - start
     return {"identical": bool(torch.equal(outputs["plain"], outputs["plan"])), "seconds": timings,
             "new_tokens": new_tokens, "compiles": plan.compiles}

@@ -37,12 +37,20 @@ def causal(q: int) -> torch.Tensor:
     return torch.ones((1, q, q), dtype=torch.bool).tril()
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued kernels (CUDA runs asynchronously; CPU forwards return when done)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def step(runner: ModelRunner, prefix: int, q: int, tokens: torch.Tensor) -> float:
     """Time one forward of q new tokens after ``prefix`` cached ones, then roll the store back."""
     positions = torch.arange(prefix, prefix + q)[None]
+    sync(runner.model.device)
     start = time.perf_counter()
     with torch.no_grad():
         runner.run(tokens[:, prefix : prefix + q], positions, torch.ones((1, q), dtype=torch.bool), causal(q), keep=q)
+    sync(runner.model.device)
     elapsed = time.perf_counter() - start
     runner.store.truncate(prefix)
     return elapsed

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import hfspec
-from tests.test_lowering import CASES, _inputs
+from tests.test_lowering import CASES, _inputs, assert_plan_matches_generate
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -21,10 +21,6 @@ def cuda_models(models):
     return {arch: tuple(copy.deepcopy(m).cuda() for m in pair[:2]) for arch, pair in models.items()}
 
 
-def _on_cuda(batch: int) -> dict:
-    return {k: v.cuda() for k, v in _inputs(batch).items()}
-
-
 @pytest.mark.parametrize("arch,batch", CASES)
 @pytest.mark.parametrize("backend", ["eager", "cudagraphs"])
 @pytest.mark.parametrize("proposer", ["draft", "lookup"])
@@ -32,11 +28,7 @@ def test_gpu_plan_is_token_identical(cuda_models, arch, batch, backend, proposer
     target, draft = cuda_models[arch]
     strategy = hfspec.DraftModel(draft, num_tokens=3) if proposer == "draft" else hfspec.PromptLookup(num_tokens=4)
     plan = hfspec.compile(target, strategy, backend=backend, batch_size=batch, capacity=128)
-    for max_new in (1, 9, 17):
-        kwargs = dict(**_on_cuda(batch), max_new_tokens=max_new, do_sample=False)
-        expected = target.generate(**kwargs)
-        got = target.generate(**kwargs, custom_generate=hfspec.generate, assistant_strategy=plan)
-        assert torch.equal(got, expected), (arch, batch, backend, proposer, max_new)
+    assert_plan_matches_generate(target, plan, batch, (arch, batch, backend, proposer), device="cuda")
 
 
 def test_cudagraphs_plan_never_recompiles(cuda_models):
@@ -45,14 +37,14 @@ def test_cudagraphs_plan_never_recompiles(cuda_models):
     target, draft = cuda_models["llama"]
     plan = hfspec.compile(target, hfspec.DraftModel(draft, num_tokens=3), backend="cudagraphs", batch_size=3,
                           capacity=128)
-    kwargs = dict(**_on_cuda(3), max_new_tokens=12, do_sample=False)
+    kwargs = dict(**_inputs(3, "cuda"), max_new_tokens=12, do_sample=False)
     assert torch.equal(target.generate(**kwargs, custom_generate=hfspec.generate, assistant_strategy=plan),
                        target.generate(**kwargs))
     assert plan.compiles == 2
     graphs = dynamo_utils.counters["stats"]["unique_graphs"]
     calls = plan.target.graph_calls
     for max_new in (20, 5):
-        kwargs = dict(**_on_cuda(3), max_new_tokens=max_new, do_sample=False)
+        kwargs = dict(**_inputs(3, "cuda"), max_new_tokens=max_new, do_sample=False)
         assert torch.equal(target.generate(**kwargs, custom_generate=hfspec.generate, assistant_strategy=plan),
                            target.generate(**kwargs))
     assert plan.target.graph_calls > calls + 5

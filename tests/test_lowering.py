@@ -106,11 +106,20 @@ def test_static_store_capacity_error():
 CASES = [("llama", 1), ("qwen2", 1), ("gpt2", 1), ("llama", 3), ("qwen2", 3), ("gpt2", 3)]
 
 
-def _inputs(batch: int):
+def _inputs(batch: int, device: str = "cpu"):
     if batch == 1:
-        return {"input_ids": torch.tensor([[5, 6, 7, 8, 5, 6, 7]])}
+        return {"input_ids": torch.tensor([[5, 6, 7, 8, 5, 6, 7]], device=device)}
     ids, mask = padded_batch()
-    return {"input_ids": ids, "attention_mask": mask}
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+def assert_plan_matches_generate(target, plan, batch: int, label: tuple, device: str = "cpu") -> None:
+    """The plan's greedy output equals plain generate's at 1, 9 and 17 new tokens (tests/test_gpu.py too)."""
+    for max_new in (1, 9, 17):
+        kwargs = dict(**_inputs(batch, device), max_new_tokens=max_new, do_sample=False)
+        expected = target.generate(**kwargs)
+        got = target.generate(**kwargs, custom_generate=hfspec.generate, assistant_strategy=plan)
+        assert torch.equal(got, expected), (*label, max_new)
 
 
 @pytest.mark.parametrize("arch,batch", CASES)
@@ -119,11 +128,7 @@ def test_static_plan_is_token_identical(models, arch, batch, proposer):
     target, draft, _ = models[arch]
     strategy = {"draft": hfspec.DraftModel(draft, num_tokens=3), "lookup": hfspec.PromptLookup(num_tokens=4), "none": None}[proposer]
     plan = hfspec.compile(target, strategy, backend="eager", batch_size=batch, capacity=128)
-    for max_new in (1, 9, 17):
-        kwargs = dict(**_inputs(batch), max_new_tokens=max_new, do_sample=False)
-        expected = target.generate(**kwargs)
-        got = target.generate(**kwargs, custom_generate=hfspec.generate, assistant_strategy=plan)
-        assert torch.equal(got, expected), (arch, batch, proposer, max_new)
+    assert_plan_matches_generate(target, plan, batch, (arch, batch, proposer))
 
 
 def test_inductor_plan_identical_and_never_recompiles(models):
